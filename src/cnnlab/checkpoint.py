@@ -1,0 +1,68 @@
+"""Checkpoints that rebuild their model alone: config, model name and arguments, weights.
+
+Evaluation and export never re-read ``params.yaml`` to guess how a model was built
+(nanoGPT's ``checkpoint['model_args']`` pattern).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import create_model
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write atomically, so a crash mid-save never leaves a truncated checkpoint behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found; train first (`cnnlab train` or `dvc repro train`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({err}); retrain to recreate it") from err
+    missing = {"model_name", "model_kwargs", "state_dict"} - set(payload)
+    if missing:
+        raise CheckpointError(f"{path} lacks {sorted(missing)}; it was not written by cnnlab")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    model = create_model(payload["model_name"], **payload["model_kwargs"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+class InferenceModel(nn.Module):
+    """Pixels in [0, 1] (N, C, H, W) -> logits: normalisation baked in, so a served or
+    exported model needs nothing but the image."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.model((images - self.mean) / self.std)
+        return logits
+
+
+def inference_model(payload: dict[str, Any]) -> InferenceModel:
+    norm = payload["normalization"]
+    return InferenceModel(model_from_checkpoint(payload), norm["mean"], norm["std"]).eval()

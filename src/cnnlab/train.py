@@ -1,0 +1,280 @@
+"""The training loop: ``fit(config, data, tracker) -> FitResult``.
+
+Whole datasets stay in memory as uint8 tensors; each step gathers a batch by index,
+normalises and augments it as one tensor operation, and runs under bf16 autocast with
+channels_last where the hardware does bf16 natively (see ``runtime.py``). Every epoch
+writes ``last.pt`` (resumable) and, when validation improves, ``best.pt``.
+
+Run it through the CLI: ``cnnlab train -S train.epochs=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, TrainConfig
+from .data import PreparedData
+from .models import count_parameters, create_model, model_entry
+from .runtime import Runtime, resolve_runtime, seed_everything, set_threads
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; earlier checkpoints are kept."""
+
+
+class EpochListener(Protocol):
+    def on_epoch_end(self, record: dict[str, float]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    batch_losses: list[float]
+    best_epoch: int
+    best_val_accuracy: float
+    parameters: int
+    wall_seconds: float
+    runtime: str
+    best_path: Path
+    last_path: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchTransform:
+    """uint8 batch -> normalised float batch, with optional train-time augmentation."""
+
+    def __init__(self, mean: list[float], std: list[float], runtime: Runtime, augment=None):
+        shape = (1, len(mean), 1, 1)
+        std_t = torch.tensor(std).view(shape)
+        self.scale = (1.0 / (255.0 * std_t)).to(runtime.device)
+        self.shift = (-torch.tensor(mean).view(shape) / std_t).to(runtime.device)
+        self.runtime = runtime
+        self.augment = augment
+
+    def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images.to(self.runtime.device, non_blocking=True).float()
+        if train and self.augment is not None:
+            x = augment_batch(x, self.augment, generator)
+        x = x * self.scale + self.shift
+        if self.runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def augment_batch(x: torch.Tensor, augment, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (after zero padding), horizontal flip and rotation, per sample, vectorised."""
+    n, _, h, w = x.shape
+    dev = x.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(dev)
+
+    if augment.crop_padding:
+        p = augment.crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = (rand(n) * (2 * p + 1)).long().clamp_max(2 * p)
+        dx = (rand(n) * (2 * p + 1)).long().clamp_max(2 * p)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # n, h, 1
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # n, 1, w
+        batch = torch.arange(n, device=dev)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if augment.hflip:
+        flip = rand(n) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if augment.rotation_degrees:
+        angles = (rand(n) * 2 - 1) * math.radians(augment.rotation_degrees)
+        cos, sin = angles.cos(), angles.sin()
+        zeros = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    return x.contiguous()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on every parameter, or only on names starting with weight_decay_layers."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.weight_decay_layers:
+        layer_names = sorted({n.rsplit(".", 1)[0] for n, _ in named})
+        unmatched = [pref for pref in cfg.weight_decay_layers if not any(n.startswith(pref) for n, _ in named)]
+        if unmatched:
+            raise ValueError(f"train.weight_decay_layers {unmatched} match no parameter; layers: {layer_names}")
+        decayed = [p for n, p in named if any(n.startswith(pref) for pref in cfg.weight_decay_layers)]
+        rest = [p for n, p in named if not any(n.startswith(pref) for pref in cfg.weight_decay_layers)]
+        groups = [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    else:
+        groups = [{"params": [p for _, p in named], "weight_decay": cfg.weight_decay}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Returns (scheduler or None, steps per batch?)."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size, cfg.gamma), False
+    if cfg.scheduler == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, cfg.gamma), False
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs), False
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch), True
+    return None, False
+
+
+def resolve_model_kwargs(name: str, kwargs: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+    """Fill in_channels / num_classes / image_size from the data unless params set them."""
+    import inspect
+
+    accepted = inspect.signature(model_entry(name).builder).parameters
+    derived = {"in_channels": data.input_shape[0], "num_classes": data.num_classes,
+               "image_size": data.input_shape[1]}
+    resolved = {k: v for k, v in derived.items() if k in accepted}
+    resolved.update(kwargs)
+    return resolved
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, batch_size: int):
+    """(logits, features) for every image, in float32 on the CPU."""
+    model.eval()
+    logits, features = [], []
+    for start in range(0, len(images), batch_size):
+        with transform.runtime.autocast():
+            out, feat = model(transform(images[start : start + batch_size], train=False))
+        logits.append(out.float().cpu())
+        features.append(feat.float().cpu())
+    return torch.cat(logits), torch.cat(features)
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig, last_path: Path) -> None:
+    if not torch.isfinite(loss):
+        kept = f"the last good checkpoint is kept at {last_path}" if last_path.exists() else "no checkpoint yet"
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at epoch {epoch}, batch {step} (optimizer {cfg.optimizer}, lr {cfg.lr}); "
+            f"{kept}. Fix: lower train.lr, add a scheduler, or check the data normalisation."
+        )
+
+
+def fit(config: Config, data: PreparedData, listener: EpochListener | None = None) -> FitResult:
+    cfg = config.train
+    set_threads(cfg.threads)
+    runtime = resolve_runtime(cfg.device, cfg.precision)
+    generator = seed_everything(cfg.seed)
+    model_dir = config.model_dir
+    best_path, last_path = model_dir / "best.pt", model_dir / "last.pt"
+
+    history: list[dict[str, float]] = []
+    batch_losses: list[float] = []
+    start_epoch = 0
+    if cfg.resume_from:
+        state = load_checkpoint(cfg.resume_from)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{cfg.resume_from} holds no optimizer state; resume from a last.pt")
+        model_name, model_kwargs = state["model_name"], state["model_kwargs"]
+        history, batch_losses = list(state["history"]), list(state.get("batch_losses", []))
+        start_epoch = state["epoch"]
+        if cfg.epochs <= start_epoch:
+            raise ValueError(f"{cfg.resume_from} already has {start_epoch} epochs; set train.epochs above that "
+                             "(it is the new total)")
+    else:
+        model_name = config.model.name
+        model_kwargs = resolve_model_kwargs(model_name, config.model.kwargs, data)
+    model = create_model(model_name, **model_kwargs).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
+    scheduler, per_batch = make_scheduler(optimizer, cfg, steps_per_epoch)
+    if cfg.resume_from:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+    transform = BatchTransform(data.mean, data.std, runtime, cfg.augment)
+    parameters = count_parameters(model)
+    best_val = max((h["val_accuracy"] for h in history), default=-1.0)
+    best_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"] if history else 0
+
+    def payload(epoch: int, **extra) -> dict[str, Any]:
+        return {"config": config.to_dict(), "model_name": model_name, "model_kwargs": model_kwargs,
+                "state_dict": model.state_dict(), "epoch": epoch, "classes": data.classes,
+                "input_shape": list(data.input_shape), "normalization": {"mean": data.mean, "std": data.std},
+                "parameters": parameters, "data_sha256": data.provenance.get("content_sha256", ""), **extra}
+
+    started = time.perf_counter()
+    x_train, y_train = data.x_train, data.y_train
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(len(y_train), generator=generator)
+        loss_sum, correct = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1.0,
+                   disable=None if cfg.progress else True)  # None: off when stderr is not a terminal
+        for step in bar:
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            images = transform(x_train[idx], train=True, generator=generator)
+            labels = y_train[idx].to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits, _ = model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None and per_batch:
+                scheduler.step()
+            loss_value = loss.item()
+            _check_finite(loss.detach(), epoch, step, cfg, last_path)
+            batch_losses.append(loss_value)
+            loss_sum += loss_value * len(idx)
+            correct += int((logits.argmax(1) == labels).sum())
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+        train_seconds = time.perf_counter() - epoch_start
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        val_logits, _ = predict(model, data.x_val, transform, cfg.eval_batch_size)
+        val_loss = F.cross_entropy(val_logits, data.y_val).item()
+        val_accuracy = (val_logits.argmax(1) == data.y_val).float().mean().item()
+        record = {
+            "epoch": epoch, "train_loss": loss_sum / len(y_train), "train_accuracy": correct / len(y_train),
+            "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr,
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "train_images_per_second": len(y_train) / train_seconds,
+        }
+        history.append(record)
+        if val_accuracy > best_val:
+            best_val, best_epoch = val_accuracy, epoch
+            save_checkpoint(best_path, payload(epoch, val_accuracy=val_accuracy))
+        save_checkpoint(last_path, payload(
+            epoch, val_accuracy=val_accuracy, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            generator=generator.get_state(), history=history, batch_losses=batch_losses))
+        bar.close()
+        print(f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
+              f"val loss {val_loss:.4f} acc {val_accuracy:.4f}  {record['epoch_seconds']:.1f}s "
+              f"({record['train_images_per_second']:.0f} img/s)", flush=True)
+        if listener is not None:
+            listener.on_epoch_end(record)
+
+    return FitResult(
+        history=history, batch_losses=batch_losses, best_epoch=best_epoch, best_val_accuracy=best_val,
+        parameters=parameters, wall_seconds=time.perf_counter() - started, runtime=runtime.describe(),
+        best_path=best_path, last_path=last_path,
+    )
