@@ -123,7 +123,8 @@ def cmd_train(config: Config, args) -> None:
     tags = provenance_tags(config, data.provenance)
     if config.train.resume_from:
         tags["cnnlab.resumed_from"] = config.train.resume_from
-    tracker = RunTracker(config, run_name=config.experiment, tags=tags)
+    # Under `mlflow run`, MLflow has already created the run: log into it instead of a second one.
+    tracker = RunTracker(config, run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=config.experiment, tags=tags)
     tracker.write_run_info(paths.run_info)
     tracker.log_config(config, parameters)
     tracker.log_artifacts([paths.config, paths.data_summary])
@@ -296,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-        p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting, as `dvc exp run -S` (repeatable)")
+        p.add_argument("-S", "--set", dest="overrides", action="extend", nargs="+", default=[],
+                       metavar="KEY=VALUE", help="override settings, as `dvc exp run -S` (repeatable)")
         if name == "datasets":
             p.add_argument("names", nargs="*", help="datasets to summarise (default: all registered)")
             p.add_argument("--per-class", action="store_true", help="also print per-class counts")

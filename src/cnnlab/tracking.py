@@ -125,8 +125,11 @@ class RunTracker:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = self.client.create_run(self.experiment_id, run_name=run_name or config.experiment, tags=all_tags)
             run_id = run.info.run_id
+            tags = None
         self.run_id = run_id
         self._mlflow = mlflow
+        if tags:  # an existing run adopted by id (e.g. created by `mlflow run`)
+            self.set_tags(tags)
 
     # --- params, tags, metrics ---------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:

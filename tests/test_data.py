@@ -1,0 +1,166 @@
+"""Dataset loaders on the real shared files, plus small files the tests build."""
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.data import DatasetError, SourceContext, load_raw, prepare, summarize
+from cnnlab.data.digits import read_idx
+from cnnlab.data.prepare import load_prepared, save_prepared
+
+
+def context(datasets_dir=None, raw_dir=Path("/nonexistent"), **kw):
+    kw.setdefault("download", False)
+    kw.setdefault("fallback", "error")
+    return SourceContext(raw_dir=Path(raw_dir), datasets_dir=datasets_dir, **kw)
+
+
+def test_mnist_loads_verified_from_the_datasets_dir(mnist_raw):
+    assert mnist_raw.x_train.shape == (60000, 1, 28, 28) and mnist_raw.x_train.dtype == torch.uint8
+    assert mnist_raw.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(mnist_raw.y_test).tolist()[0] == 980  # the official test split
+    assert mnist_raw.provenance["verified"].startswith("md5")
+
+
+def test_mnist_checksum_mismatch_is_a_clear_error(datasets_dir, tmp_path):
+    folder = tmp_path / "mnist"
+    shutil.copytree(datasets_dir / "mnist", folder)
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[100] = (raw[100] + 1) % 10  # one flipped label
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DatasetError, match="checksum mismatch.*t10k-labels.*delete it"):
+        load_raw("mnist", context(tmp_path))
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    with pytest.raises(DatasetError) as err:
+        load_raw("cifar10", context(tmp_path))
+    message = str(err.value)
+    assert str(tmp_path / "cifar10" / "cifar10.npz") in message
+    assert "Fix:" in message and "download disabled" in message
+
+
+def test_unknown_dataset_lists_registered_names(tmp_path):
+    with pytest.raises(DatasetError, match="registered: alien_vs_predator, cifar10, fashion_mnist, mnist, svhn"):
+        load_raw("imagenet", context(tmp_path))
+
+
+def test_embedded_fallback_is_real_labelled_mnist(tmp_path):
+    raw = load_raw("mnist", context(tmp_path, fallback="embedded"))
+    assert raw.provenance["embedded"] is True
+    assert len(raw.y_train) + len(raw.y_test) == 5000
+    assert torch.bincount(raw.y_train).tolist() == [400] * 10  # stratified 80/20 of 500 per digit
+    assert len(raw.provenance["content_sha256"]) == 64
+    assert raw.x_train.float().mean() > 20  # real digits, not blank images
+
+
+def test_embedded_fallback_can_be_refused(tmp_path):
+    with pytest.raises(DatasetError, match="data.fallback=embedded"):
+        load_raw("mnist", context(tmp_path, fallback="error"))
+
+
+def test_cifar10_npz_is_verified_and_shaped(datasets_dir):
+    raw = load_raw("cifar10", context(datasets_dir))
+    assert raw.x_train.shape == (50000, 3, 32, 32)
+    assert raw.classes[0] == "airplane" and raw.classes[-1] == "truck"
+    assert raw.provenance["verified"] == "sha256"
+
+
+def _write_npz(path: Path, n_train=40, n_test=20, classes=4):
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(n_train) % classes, x_test=rng.integers(0, 256, (n_test, 8, 8, 3), dtype=np.uint8),
+             y_test=np.arange(n_test) % classes)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_user_npz_with_pinned_sha256(tmp_path):
+    digest = _write_npz(tmp_path / "mine.npz")
+    raw = load_raw("npz:mine", context(tmp_path, sha256=digest))
+    assert raw.x_train.shape == (40, 3, 8, 8) and raw.classes == ["0", "1", "2", "3"]
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        load_raw("npz:mine", context(tmp_path, sha256="0" * 64))
+
+
+def test_npz_missing_arrays(tmp_path):
+    np.savez(tmp_path / "broken.npz", x_train=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DatasetError, match="lacks arrays"):
+        load_raw("npz:broken", context(tmp_path))
+
+
+def test_svhn_reads_mat_files_with_label_10_as_zero(tmp_path):
+    from scipy.io import savemat
+
+    folder = tmp_path / "svhn"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("train_32x32.mat", 30), ("test_32x32.mat", 10)):
+        labels = (np.arange(n) % 10 + 1).reshape(-1, 1)  # SVHN labels are 1..10
+        savemat(folder / name, {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8), "y": labels})
+    sums = "".join(f"{hashlib.sha256((folder / f).read_bytes()).hexdigest()}  svhn/{f}\n"
+                   for f in ("train_32x32.mat", "test_32x32.mat"))
+    (tmp_path / "SHA256SUMS").write_text(sums)
+    raw = load_raw("svhn", context(tmp_path))
+    assert raw.x_train.shape == (30, 3, 32, 32)
+    assert raw.y_train[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
+    (folder / "test_32x32.mat").write_bytes(b"corrupt")
+    with pytest.raises(DatasetError, match="checksum mismatch"):
+        load_raw("svhn", context(tmp_path))
+
+
+def test_alien_vs_predator_image_folders(datasets_dir):
+    raw = load_raw("alien_vs_predator", context(datasets_dir, image_size=32))
+    assert raw.classes == ["alien", "predator"]
+    assert raw.x_train.shape == (694, 3, 32, 32) and raw.x_test.shape == (200, 3, 32, 32)
+    assert torch.bincount(raw.y_test).tolist() == [100, 100]
+
+
+def test_undecodable_image_is_named(tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / "pets" / split / "cat").mkdir(parents=True)
+    (tmp_path / "pets" / "train" / "cat" / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="cannot decode image .*bad.jpg"):
+        load_raw("folder:pets", context(tmp_path))
+
+
+def test_stratified_split_keeps_class_ratios(mnist_raw):
+    data = prepare(mnist_raw, val_fraction=0.1, seed=0)
+    full = torch.bincount(mnist_raw.y_train).double() / len(mnist_raw.y_train)
+    for split in ("train", "val"):
+        _, y = data.split(split)
+        ratios = torch.bincount(y, minlength=10).double() / len(y)
+        assert torch.allclose(ratios, full, atol=2e-3)
+    assert len(data.y_val) == 6000 and len(data.y_train) == 54000
+
+
+def test_split_is_deterministic_and_subset_is_stratified(mnist_raw):
+    a = prepare(mnist_raw, 0.1, seed=0, train_subset=1000)
+    b = prepare(mnist_raw, 0.1, seed=0, train_subset=1000)
+    assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_val, b.x_val)
+    assert torch.bincount(a.y_train).min() >= 85  # ~100 per digit
+    with pytest.raises(DatasetError, match="val_fraction"):
+        prepare(mnist_raw, 1.5, seed=0)
+
+
+def test_prepared_artifact_round_trip_and_summary(mnist_small, tmp_path):
+    path = save_prepared(mnist_small, tmp_path / "mnist.pt")
+    loaded = load_prepared(path)
+    assert torch.equal(loaded.x_test, mnist_small.x_test)
+    summary = summarize(loaded)
+    assert (summary["height"], summary["width"], summary["channels"]) == (28, 28, 1)
+    assert sum(summary["per_class"]["test"].values()) == 10000
+    assert 0.12 < summary["mean"][0] < 0.14  # MNIST's well-known pixel mean 0.1307
+    path.write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match="cnnlab prepare"):
+        load_prepared(path)
+
+
+def test_read_idx_rejects_bad_magic():
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(b"\x01\x02\x03\x04")

@@ -1,0 +1,63 @@
+"""Every registered model: forward shapes, exact parameter counts, clear errors."""
+
+import pytest
+import torch
+
+from cnnlab.models import ModelError, count_parameters, create_model, list_models, model_entry
+
+# Counted by hand from the layer definitions (conv: k*k*in*out + out; linear: in*out + out).
+# E1 and E2 are the catalogue's exact figures.
+EXPECTED_PARAMETERS = {
+    "simple_cnn": 813_802,  # 320 + 9,248 + 802,944 + 1,290
+    "reduced_alexnet": 6_199_498,
+    "small_cnn_mnist": 55_018,  # 104 + 808 + 3,216 + 50,240 + 650
+    "small_cnn_cifar": 295_402,  # 448 + 4,640 + 18,496 + 262,208 + 8,320 + 1,290
+    "svhn_base": 26_346,  # 1,216 + 4,640 + 20,490
+    "svhn_deep": 322_090,  # 1,216 + 4,640 + 51,264 + 262,400 + 2,570
+}
+
+
+def test_every_registered_model_has_an_expected_count():
+    assert sorted(EXPECTED_PARAMETERS) == list_models()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shapes_and_parameter_count(name):
+    model = create_model(name).eval()
+    entry = model_entry(name)
+    logits, features = model(torch.rand(3, *entry.input_shape))
+    assert logits.shape == (3, entry.num_classes)
+    assert features.ndim == 2 and features.shape[0] == 3
+    assert count_parameters(model) == EXPECTED_PARAMETERS[name]
+
+
+def test_simple_cnn_features_are_the_first_linear_layer():
+    _, features = create_model("simple_cnn").eval()(torch.rand(2, 1, 28, 28))
+    assert features.shape == (2, 128)
+    assert (features >= 0).all()  # after the ReLU
+
+
+def test_reduced_alexnet_returns_flattened_512_features():
+    _, features = create_model("reduced_alexnet").eval()(torch.rand(2, 3, 32, 32))
+    assert features.shape == (2, 512)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, flat", [
+    (5, 1, "same", 784), (3, 1, "none", 16 * 4 * 4), (7, 1, "same", 784), (5, 2, "same", 16),
+    (3, 3, "same", 16),
+])
+def test_small_cnn_sweep_shapes(kernel, stride, padding, flat):
+    model = create_model("small_cnn_mnist", kernel_size=kernel, stride=stride, padding=padding)
+    assert model.hidden[0].in_features == flat
+    logits, _ = model(torch.rand(2, 1, 28, 28))
+    assert logits.shape == (2, 10)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ModelError, match="registered models: .*simple_cnn"):
+        create_model("resnet9000")
+
+
+def test_unknown_argument_lists_valid_ones():
+    with pytest.raises(ModelError, match="takes no argument width.*valid: in_channels"):
+        create_model("simple_cnn", width=3)

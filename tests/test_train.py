@@ -1,0 +1,115 @@
+"""The trainer on small real MNIST: learns, checkpoints, resumes, fails loudly."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from cnnlab.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from cnnlab.config import AugmentConfig
+from cnnlab import runtime
+from cnnlab.train import TrainingDiverged, augment_batch, fit, make_optimizer
+from cnnlab.models import create_model
+
+
+def with_train(config, **changes):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+
+
+def test_short_real_run_beats_chance_by_a_wide_margin(tiny_config, mnist_small):
+    result = fit(tiny_config, mnist_small)
+    assert result.best_val_accuracy > 0.85  # chance is 0.10
+    assert result.parameters == 813_802
+    assert len(result.history) == 1 and len(result.batch_losses) == 24  # 3,000 / 128 batches
+    assert result.batch_losses[-1] < result.batch_losses[0]
+    assert {"train_loss", "val_accuracy", "lr", "epoch_seconds"} <= set(result.history[0])
+
+
+def test_checkpoint_rebuilds_the_model_alone(tiny_config, mnist_small):
+    result = fit(tiny_config, mnist_small)
+    payload = load_checkpoint(result.best_path)
+    assert payload["config"]["train"]["epochs"] == 1
+    model = model_from_checkpoint(payload)
+    x = (mnist_small.x_val[:256].float() / 255 - payload["normalization"]["mean"][0]) / payload["normalization"]["std"][0]
+    accuracy = (model(x)[0].argmax(1) == mnist_small.y_val[:256]).float().mean()
+    assert accuracy > 0.8
+
+
+def test_resume_continues_to_the_new_total(tiny_config, mnist_small):
+    first = fit(tiny_config, mnist_small)
+    resumed = fit(with_train(tiny_config, epochs=2, resume_from=str(first.last_path)), mnist_small)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert len(resumed.batch_losses) == 48
+    with pytest.raises(ValueError, match="already has 2 epochs"):
+        fit(with_train(tiny_config, epochs=2, resume_from=str(resumed.last_path)), mnist_small)
+
+
+def test_resume_needs_a_last_checkpoint(tiny_config, mnist_small):
+    first = fit(tiny_config, mnist_small)
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        fit(with_train(tiny_config, epochs=2, resume_from=str(first.best_path)), mnist_small)
+
+
+def test_diverging_loss_fails_with_advice_and_keeps_checkpoints(tiny_config, mnist_small):
+    good = fit(tiny_config, mnist_small)
+    before = good.last_path.read_bytes()
+    diverging = with_train(tiny_config, optimizer="sgd", lr=1e6, momentum=0.9)
+    with pytest.raises(TrainingDiverged, match="lower train.lr"):
+        fit(diverging, mnist_small)
+    assert good.last_path.read_bytes() == before
+
+
+def test_resume_with_another_optimizer_is_refused(tiny_config, mnist_small):
+    first = fit(tiny_config, mnist_small)
+    with pytest.raises(ValueError, match="resume with train.optimizer=adam"):
+        fit(with_train(tiny_config, epochs=2, optimizer="sgd", resume_from=str(first.last_path)), mnist_small)
+
+
+def test_weight_decay_on_selected_layers(mnist_small):
+    from cnnlab.config import TrainConfig
+
+    model = create_model("simple_cnn")
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.01, weight_decay_layers=["fc1"]))
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0][0]["params"]
+    assert {id(p) for p in decayed} == {id(model.fc1.weight), id(model.fc1.bias)}
+    with pytest.raises(ValueError, match="match no parameter.*fc1"):
+        make_optimizer(model, TrainConfig(weight_decay=0.01, weight_decay_layers=["dense9"]))
+
+
+def test_augmentation_keeps_shape_and_changes_pixels(mnist_small):
+    x = mnist_small.x_train[:64].float()
+    gen = torch.Generator().manual_seed(0)
+    out = augment_batch(x, AugmentConfig(crop_padding=4, hflip=True, rotation_degrees=15), gen)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.equal(out, x)
+    assert torch.equal(augment_batch(x, AugmentConfig(), gen), x)  # all off: identity
+
+
+def test_random_crop_is_a_shift_of_the_padded_image():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
+    out = augment_batch(x, AugmentConfig(crop_padding=1), torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x[0], (1, 1, 1, 1))
+    windows = {tuple(padded[0, i:i + 4, j:j + 4].flatten().tolist()) for i in range(3) for j in range(3)}
+    assert all(tuple(o[0].flatten().tolist()) in windows for o in out)
+
+
+def test_precision_auto_follows_cpu_flags(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert runtime.resolve_runtime("cpu", "auto").bf16 is False
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    rt = runtime.resolve_runtime("cpu", "auto")
+    assert rt.bf16 and rt.channels_last
+    assert runtime.resolve_runtime("cpu", "fp32").bf16 is False
+
+
+def test_cuda_request_without_gpu_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        runtime.resolve_runtime("cuda", "auto")
+
+
+def test_project_root_from_dvc_temp_workspace(tmp_path):
+    inner = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    inner.mkdir(parents=True)
+    assert runtime.project_root(inner) == tmp_path / "repo"
