@@ -80,3 +80,30 @@ def test_missing_and_invalid_params_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_experiment_overlay_then_command_line():
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e2_cifar10_alexnet", "train.epochs=2"])
+    assert config.data.name == "cifar10" and config.model.name == "reduced_alexnet"
+    assert config.train.epochs == 2  # the command line wins over the overlay
+    assert config.train.lr == 0.001  # inherited from the base section
+    assert config.reference["test_accuracy"] == 0.7065
+
+
+def test_reference_is_not_inherited_from_the_base():
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e4_exp_decay"])
+    assert "test_accuracy" not in config.reference
+
+
+def test_unknown_experiment_lists_defined_ones():
+    with pytest.raises(ConfigError, match="defined: e1_mnist_simple_cnn, e1_resume, e2_cifar10_alexnet"):
+        load_config(PROJECT_ROOT / "params.yaml", ["experiment=e9"])
+
+
+def test_a_typo_in_any_experiment_fails_at_load(tmp_path):
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["experiments"]["e4_sgd"]["train"]["lrate"] = 0.1
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"in experiments.e4_sgd: unknown setting 'lrate'"):
+        load_config(path)

@@ -113,3 +113,34 @@ def test_project_root_from_dvc_temp_workspace(tmp_path):
     inner = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
     inner.mkdir(parents=True)
     assert runtime.project_root(inner) == tmp_path / "repo"
+
+
+def test_hard_batch_mining_refeeds_the_hardest_batches(tiny_config, mnist_small):
+    from cnnlab.config import HardBatchMiningConfig
+
+    config = with_train(tiny_config, epochs=2, scheduler="onecycle",
+                        hard_batch_mining=HardBatchMiningConfig(start_epoch=2, fraction=0.25))
+    result = fit(config, mnist_small)
+    assert [h["hard_batches_refed"] for h in result.history] == [0, 6]  # 25% of 24 batches
+    assert len(result.batch_losses) == 24 + 24 + 6
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("scheduler", ["step", "exponential", "cosine", "onecycle"])
+def test_every_optimizer_and_scheduler_combination_builds_and_steps(optimizer, scheduler):
+    from cnnlab.config import TrainConfig
+    from cnnlab.train import make_scheduler
+
+    cfg = TrainConfig(optimizer=optimizer, scheduler=scheduler, lr=0.1, epochs=4, step_size=1, gamma=0.5)
+    model = create_model("svhn_base")
+    opt = make_optimizer(model, cfg)
+    sched, per_batch = make_scheduler(opt, cfg, steps_per_epoch=3)
+    lrs = []
+    for _ in range(3 if per_batch else 2):
+        model(torch.rand(2, 3, 32, 32))[0].sum().backward()
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert per_batch == (scheduler == "onecycle")
+    assert lrs[0] != 0.1 or scheduler == "onecycle"  # the schedule moved the learning rate
+    assert len(set(lrs)) > 1

@@ -268,6 +268,60 @@ def cmd_register(config: Config, args) -> None:
     print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
 
 
+def cmd_seeds(config: Config, args) -> None:
+    """Train and evaluate the experiment once per seed; mean ± std is the headline figure."""
+    import dataclasses
+
+    from .metrics import mean_std
+
+    runs = []
+    for seed in config.seeds:
+        print(f"== seed {seed}", flush=True)
+        seeded = dataclasses.replace(config, experiment=f"{config.experiment}/seed{seed}",
+                                     train=dataclasses.replace(config.train, seed=seed))
+        cmd_train(seeded, args)
+        cmd_evaluate(seeded, args)
+        paths = Paths(seeded)
+        evaluation, train = read_json(paths.eval, "evaluate"), read_json(paths.train_metrics, "train")
+        runs.append({"seed": seed, "test_accuracy": evaluation["test_accuracy"],
+                     "best_val_accuracy": train["best_val_accuracy"], "wall_seconds": train["wall_seconds"],
+                     "parameters": train["parameters"], "run_id": read_json(paths.run_info, "train")["run_id"]})
+    mean, std = mean_std([r["test_accuracy"] for r in runs])
+    summary = {"experiment": config.experiment, "seeds": config.seeds, "test_accuracy_mean": mean,
+               "test_accuracy_std": std, "wall_seconds_mean": mean_std([r["wall_seconds"] for r in runs])[0],
+               "parameters": runs[0]["parameters"], "runs": runs}
+    write_json(config.output_dir / "seeds.json", summary)
+    print(f"{config.experiment}: test accuracy {100 * mean:.2f} ± {100 * std:.2f} % over seeds {config.seeds}")
+
+
+def cmd_compare(config: Config, args) -> None:
+    from .compare import experiment_row, format_markdown
+    from .config import read_params
+    from .data import DatasetError, SourceContext, load_raw
+
+    availability: dict[str, str] = {}
+
+    def why_missing(dataset: str) -> str:
+        if dataset not in availability:
+            ctx = SourceContext.from_config(config.data)
+            ctx.download = False
+            try:
+                load_raw(dataset, ctx)
+                availability[dataset] = ""
+            except DatasetError as err:
+                availability[dataset] = f"{dataset} is not available here ({str(err).splitlines()[0]})"
+        return availability[dataset]
+
+    names = [read_params(args.params).get("experiment", config.experiment), *sorted(config.experiments)]
+    rows = [experiment_row(load_config(args.params, [*args.overrides, f"experiment={name}"]), args.tolerance,
+                           why_missing) for name in names]
+    out = Path(config.outputs_dir)
+    write_json(out / "comparison.json", [row.__dict__ for row in rows])
+    table = format_markdown(rows, args.tolerance)
+    (out / "comparison.md").write_text(table)
+    print(table)
+
+
 PIPELINE = ("prepare", "train", "evaluate", "report", "export", "register")
 
 
@@ -286,6 +340,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "report": (cmd_report, "learning-curve and confusion-matrix figures from saved results"),
     "export": (cmd_export, "ONNX export + onnx.checker + onnxruntime parity on the test set"),
     "register": (cmd_register, "register the model in MLflow with an alias (needs passed parity)"),
+    "seeds": (cmd_seeds, "train + evaluate once per seed in `seeds`; writes mean ± std"),
+    "compare": (cmd_compare, "table of every experiment against the catalogue's reference figures"),
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
 }
 
@@ -303,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("names", nargs="*", help="datasets to summarise (default: all registered)")
             p.add_argument("--per-class", action="store_true", help="also print per-class counts")
             p.add_argument("--json", help="also write the table as JSON to this file")
+        if name == "compare":
+            p.add_argument("--tolerance", type=float, default=0.005,
+                           help="|ours - reference| within this counts as a match (default 0.005 = 0.5 pp)")
     return parser
 
 

@@ -56,6 +56,12 @@ class AugmentConfig:
 
 
 @dataclass
+class HardBatchMiningConfig:
+    start_epoch: int = 0  # from this epoch on, re-feed the hardest batches; 0 = off
+    fraction: float = 0.1  # share of the epoch's batches (highest loss first) fed again
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
@@ -74,6 +80,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0 = all cores
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    hard_batch_mining: HardBatchMiningConfig = field(default_factory=HardBatchMiningConfig)
     resume_from: str = ""  # checkpoint to continue; epochs is then the new total
     progress: bool = True
 
@@ -98,6 +105,12 @@ class ExportConfig:
 @dataclass
 class Config:
     experiment: str = "e1_mnist_simple_cnn"
+    # Named experiments: each entry overrides the base sections (deep-merged) when selected with
+    # `-S experiment=<name>`. The base experiment (params.yaml's own `experiment`) needs no entry.
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What the catalogue reports for this experiment, e.g. {test_accuracy: 0.9901}; for `cnnlab compare`.
+    reference: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])  # `cnnlab seeds` trains one run per seed
     models_dir: str = "models"  # checkpoints and ONNX files, one folder per experiment
     outputs_dir: str = "outputs"  # metrics, plots and reports, one folder per experiment
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,8 +233,46 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def config_from_dict(tree: dict[str, Any]) -> Config:
     return _build(Config, tree)
+
+
+def resolve_experiment(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """params + the selected experiment's overlay + command-line overrides, in that order.
+
+    Every overlay is validated, so a typo in any experiment fails at once, not hours later.
+    """
+    experiments = tree.get("experiments") or {}
+    if not isinstance(experiments, dict):
+        raise ConfigError("experiments: expected a mapping of experiment name -> overrides")
+    for name, overlay in experiments.items():
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"experiments.{name}: expected a mapping of overrides, got {overlay!r}")
+        if "experiments" in overlay or "experiment" in overlay:
+            raise ConfigError(f"experiments.{name}: an experiment cannot select or define experiments")
+        try:
+            config_from_dict(deep_merge(tree, overlay))
+        except ConfigError as err:
+            raise ConfigError(f"in experiments.{name}: {err}") from err
+    base_name = tree.get("experiment", Config.experiment)
+    name = overrides.get("experiment", base_name)
+    if name != base_name and name not in experiments:
+        raise ConfigError(f"experiment {name!r} is not defined under 'experiments' in params; "
+                          f"defined: {', '.join([base_name, *sorted(experiments)])}")
+    merged = deep_merge(tree, experiments.get(name, {}))
+    if name != base_name:  # a reference figure belongs to one experiment: never inherited
+        merged["reference"] = experiments[name].get("reference", {})
+    return deep_merge(merged, overrides)
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
@@ -238,8 +289,9 @@ def read_params(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Load ``params.yaml``, apply ``section.key=value`` overrides, validate and return."""
-    return config_from_dict(apply_overrides(read_params(path), list(overrides or [])))
+    """Load ``params.yaml``, apply the experiment overlay and ``section.key=value`` overrides."""
+    cli = apply_overrides({}, list(overrides or []))
+    return config_from_dict(resolve_experiment(read_params(path), cli))
 
 
 def save_config(config: Config, path: str | Path) -> Path:

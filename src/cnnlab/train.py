@@ -223,32 +223,47 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
 
     started = time.perf_counter()
     x_train, y_train = data.x_train, data.y_train
+    mining = cfg.hard_batch_mining
+
+    def train_step(idx: torch.Tensor, epoch: int, step: int, schedule: bool = True) -> tuple[float, int]:
+        images = transform(x_train[idx], train=True, generator=generator)
+        labels = y_train[idx].to(runtime.device, non_blocking=True)
+        with runtime.autocast():
+            logits, _ = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None and per_batch and schedule:
+            scheduler.step()
+        _check_finite(loss.detach(), epoch, step, cfg, last_path)
+        loss_value = loss.item()
+        batch_losses.append(loss_value)
+        return loss_value, int((logits.argmax(1) == labels).sum())
+
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(y_train), generator=generator)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, step_losses = 0.0, 0, []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=1.0,
                    disable=None if cfg.progress else True)  # None: off when stderr is not a terminal
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            images = transform(x_train[idx], train=True, generator=generator)
-            labels = y_train[idx].to(runtime.device, non_blocking=True)
-            with runtime.autocast():
-                logits, _ = model(images)
-                loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None and per_batch:
-                scheduler.step()
-            loss_value = loss.item()
-            _check_finite(loss.detach(), epoch, step, cfg, last_path)
-            batch_losses.append(loss_value)
+            loss_value, batch_correct = train_step(idx, epoch, step)
+            step_losses.append(loss_value)
             loss_sum += loss_value * len(idx)
-            correct += int((logits.argmax(1) == labels).sum())
+            correct += batch_correct
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_value:.4f}")
+        mined = 0
+        if mining.start_epoch and epoch >= mining.start_epoch:
+            # E4's hard-batch mining: feed the epoch's highest-loss batches once more.
+            mined = max(1, round(mining.fraction * steps_per_epoch))
+            hardest = sorted(range(steps_per_epoch), key=step_losses.__getitem__, reverse=True)[:mined]
+            for step in hardest:
+                # Extra steps leave a per-batch schedule (one-cycle) on its planned length.
+                train_step(order[step * cfg.batch_size : (step + 1) * cfg.batch_size], epoch, step, schedule=False)
         train_seconds = time.perf_counter() - epoch_start
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_batch:
@@ -261,6 +276,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
             "val_loss": val_loss, "val_accuracy": val_accuracy, "lr": lr,
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_images_per_second": len(y_train) / train_seconds,
+            "hard_batches_refed": mined,
         }
         history.append(record)
         if val_accuracy > best_val:
