@@ -20,6 +20,7 @@ def cli_overrides(tmp_path, datasets_dir, tracking_uri):
         "-S", "data.download=false", "-S", "data.train_subset=2000", "-S", "train.epochs=2",
         "-S", "train.progress=false", "-S", f"tracking.uri={tracking_uri}",
         "-S", "tracking.experiment=cli-test", "-S", "tracking.registered_model=cli-test-model",
+        "-S", "analysis.tsne_points=400",
     ]
 
 
@@ -43,9 +44,14 @@ def test_pipeline_logs_everything_to_one_mlflow_run(cli_overrides, tmp_path, tra
     assert run.data.tags["onnx.parity"] == "passed"
 
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "history.json", "eval.json", "figures", "onnx"} <= artifacts
-    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert figures == {"figures/learning_curves.png", "figures/confusion_matrix.png"}
+    assert {"config.yaml", "history.json", "eval.json", "figures", "onnx", "report.md", "layers.json"} <= artifacts
+    figures = {a.path.removeprefix("figures/") for a in client.list_artifacts(run_id, "figures")}
+    assert figures == {"learning_curves.png", "confusion_matrix.png", "tsne_intermediate.png", "tsne_final.png",
+                       "weight_histograms.png", "feature_maps.png", "examples_correct.png", "examples_wrong.png"}
+    report = (out / "report.md").read_text()
+    assert "813,802" in report and "## Most confused pairs" in report and "![tsne_final]" in report
+    layers = json.loads((out / "layers.json").read_text())
+    assert sum(row["parameters"] for row in layers) == 813_802
 
     version = client.get_model_version_by_alias("cli-test-model", "champion")
     assert version.run_id == run_id and version.tags["onnx_parity"] == "passed"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,10 @@ class Paths:
         self.predictions = out / "predictions.json"
         self.figures = out / "figures"
         self.parity = out / "onnx_parity.json"
+        self.layers = out / "layers.json"
+        self.analysis = out / "analysis.npz"  # t-SNE points, feature maps, example images
+        self.analysis_json = out / "analysis.json"  # weight histograms, example picks
+        self.report = out / "report.md"
         self.registered = out / "registered.json"
         self.best = models / "best.pt"
         self.last = models / "last.pt"
@@ -205,21 +210,116 @@ def cmd_evaluate(config: Config, args) -> None:
           + ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in report["most_confused"][:3]))
 
 
+def cmd_analyze(config: Config, args) -> None:
+    """Compute, from the best checkpoint, everything the report draws (no plotting here)."""
+    import numpy as np
+
+    from . import analysis
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .data import load_prepared
+    from .runtime import resolve_runtime, set_threads
+    from .train import BatchTransform, predict
+
+    paths = Paths(config)
+    settings = config.analysis
+    set_threads(config.train.threads)
+    payload = load_checkpoint(paths.best)
+    data = load_prepared(paths.prepared)
+    model = model_from_checkpoint(payload)
+    norm = payload["normalization"]
+    transform = BatchTransform(norm["mean"], norm["std"], resolve_runtime("cpu", "fp32"))
+
+    rows = analysis.layer_summary(model, tuple(payload["input_shape"]))
+    write_json(paths.layers, rows)
+    logits, features = predict(model, data.x_test, transform, config.train.eval_batch_size)
+    predicted = logits.argmax(1)
+    sample = analysis.stratified_sample(data.y_test, min(settings.tsne_points, len(data.y_test)), settings.tsne_seed)
+    started = time.perf_counter()
+    tsne_intermediate = analysis.tsne_embedding(features[sample], seed=settings.tsne_seed)
+    tsne_final = analysis.tsne_embedding(logits[sample], seed=settings.tsne_seed)
+    tsne_seconds = time.perf_counter() - started
+    examples = analysis.pick_examples(predicted, data.y_test, settings.examples, settings.tsne_seed)
+    chosen = data.x_test[settings.feature_map_image : settings.feature_map_image + 1]
+    maps = analysis.feature_maps(model, transform(chosen, train=False)[0])
+    shown = examples["correct"] + examples["wrong"]
+    np.savez_compressed(
+        paths.analysis, tsne_intermediate=tsne_intermediate, tsne_final=tsne_final,
+        tsne_labels=data.y_test[sample].numpy(), example_images=data.x_test[shown].numpy(),
+        example_true=data.y_test[shown].numpy(), example_predicted=predicted[shown].numpy(),
+        feature_map_image=chosen[0].numpy(), **{f"feature_map/{name}": m.numpy() for name, m in maps.items()})
+    histograms = analysis.weight_histograms(model, settings.histogram_bins)
+    write_json(paths.analysis_json, {
+        "classes": payload["classes"], "tsne_points": len(sample), "tsne_seconds": tsne_seconds,
+        "examples": {k: len(v) for k, v in examples.items()}, "weight_histograms": histograms,
+        "feature_map_layers": list(maps), "feature_map_image": settings.feature_map_image,
+    })
+    print(f"analysis: {len(rows)} layers, t-SNE of {len(sample)} points x2 in {tsne_seconds:.0f}s, "
+          f"{len(maps)} conv feature maps, {len(examples['correct'])}+{len(examples['wrong'])} examples")
+
+
 def cmd_report(config: Config, args) -> None:
-    from .report import plot_confusion_matrix, plot_learning_curves
+    """Every figure from saved results, a Markdown report gathering them, all logged to MLflow."""
+    import numpy as np
+
+    from . import report
+    from .analysis import format_layer_table
     from .tracking import reopen_run
 
     paths = Paths(config)
     history = read_json(paths.history, "train")
     batch_losses = read_json(paths.batch_losses, "train")
     evaluation = read_json(paths.eval, "evaluate")
+    details = read_json(paths.analysis_json, "analyze")
+    layers = read_json(paths.layers, "analyze")
+    arrays = np.load(paths.analysis)
+    classes, title, fig = evaluation["classes"], config.experiment, paths.figures
     figures = [
-        plot_learning_curves(history, paths.figures / "learning_curves.png", batch_losses, config.experiment),
-        plot_confusion_matrix(evaluation["confusion_matrix"], evaluation["classes"],
-                              paths.figures / "confusion_matrix.png", config.experiment),
+        report.plot_learning_curves(history, fig / "learning_curves.png", batch_losses, title),
+        report.plot_confusion_matrix(evaluation["confusion_matrix"], classes, fig / "confusion_matrix.png", title),
+        report.plot_tsne(arrays["tsne_intermediate"], arrays["tsne_labels"], classes, fig / "tsne_intermediate.png",
+                         f"{title}: t-SNE of the intermediate representation"),
+        report.plot_tsne(arrays["tsne_final"], arrays["tsne_labels"], classes, fig / "tsne_final.png",
+                         f"{title}: t-SNE of the final representation (logits)"),
+        report.plot_weight_histograms(details["weight_histograms"], fig / "weight_histograms.png"),
+        report.plot_feature_maps({k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("feature_map/")},
+                                 fig / "feature_maps.png"),
     ]
-    reopen_run(config, paths.run_info).log_artifacts(figures, "figures")
-    print("figures: " + ", ".join(str(f) for f in figures))
+    n_correct = details["examples"]["correct"]
+    for kind, part in (("correct", slice(0, n_correct)), ("wrong", slice(n_correct, None))):
+        if len(arrays["example_true"][part]):
+            figures.append(report.plot_example_grid(
+                arrays["example_images"][part], arrays["example_true"][part], arrays["example_predicted"][part],
+                classes, fig / f"examples_{kind}.png", f"{title}: {kind}ly classified test images"))
+    paths.report.write_text(render_report(config, paths, history, evaluation, layers, figures,
+                                          format_layer_table(layers)))
+    tracker = reopen_run(config, paths.run_info)
+    tracker.log_artifacts(figures, "figures")
+    tracker.log_artifacts([paths.report, paths.layers])
+    print(f"report: {paths.report} with {len(figures)} figures")
+
+
+def render_report(config: Config, paths: Paths, history, evaluation, layers, figures, layer_table: str) -> str:
+    train = read_json(paths.train_metrics, "train")
+    best = max(history, key=lambda h: h["val_accuracy"])
+    reference = config.reference.get("test_accuracy")
+    lines = [
+        f"# {config.experiment}", "",
+        f"- model: `{config.model.name}` {config.model.kwargs or ''}, **{train['parameters']:,d}** trainable parameters",
+        f"- data: `{config.data.name}` from {train['data_source']} (sha256 {train['data_sha256'][:12]}…)"
+        + (" — **embedded 5,000-digit subset**" if train["data_embedded"] else ""),
+        f"- training: {len(history)} epochs, {config.train.optimizer} lr {config.train.lr}, batch "
+        f"{config.train.batch_size}, {train['runtime']}, {train['wall_seconds']:.0f} s",
+        f"- best validation accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch']}",
+        f"- test accuracy **{evaluation['test_accuracy']:.4f}** ({evaluation['test_errors']} errors of "
+        f"{evaluation['test_samples']}) from the best-validation checkpoint",
+    ]
+    if reference is not None:
+        lines.append(f"- catalogue reference: {reference:.4f} ({config.reference.get('source', '')})")
+    lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "| --- | --- | ---: |"]
+    lines += [f"| {p['true']} | {p['predicted']} | {p['count']} |" for p in evaluation["most_confused"]]
+    lines += ["", "## Layers", "", layer_table, "", "## Figures", ""]
+    lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
+    return "\n".join(lines) + "\n"
 
 
 def cmd_export(config: Config, args) -> None:
@@ -322,7 +422,7 @@ def cmd_compare(config: Config, args) -> None:
     print(table)
 
 
-PIPELINE = ("prepare", "train", "evaluate", "report", "export", "register")
+PIPELINE = ("prepare", "train", "evaluate", "analyze", "report", "export", "register")
 
 
 def cmd_pipeline(config: Config, args) -> None:
@@ -337,7 +437,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "prepare": (cmd_prepare, "load data.name, split train/val (stratified), save the prepared artifact"),
     "train": (cmd_train, "fit the model; best/last checkpoints, history and an MLflow run"),
     "evaluate": (cmd_evaluate, "test-set metrics and confusion matrix from the best checkpoint"),
-    "report": (cmd_report, "learning-curve and confusion-matrix figures from saved results"),
+    "analyze": (cmd_analyze, "layer table, t-SNE, weight histograms, feature maps, examples (computed)"),
+    "report": (cmd_report, "every figure from saved results + a Markdown report, logged to MLflow"),
     "export": (cmd_export, "ONNX export + onnx.checker + onnxruntime parity on the test set"),
     "register": (cmd_register, "register the model in MLflow with an alias (needs passed parity)"),
     "seeds": (cmd_seeds, "train + evaluate once per seed in `seeds`; writes mean ± std"),

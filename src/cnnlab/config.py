@@ -96,6 +96,15 @@ class TrackingConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    tsne_points: int = 10000  # test images embedded (stratified sample); ~45 s for 10,000 here
+    tsne_seed: int = 0
+    examples: int = 5  # correctly and wrongly classified test images shown
+    feature_map_image: int = 0  # test-set index of the image whose feature maps are drawn
+    histogram_bins: int = 50
+
+
+@dataclass
 class ExportConfig:
     opset: int = 18
     max_abs_diff: float = 1e-4  # fp32 logits, onnxruntime vs PyTorch
@@ -117,6 +126,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @property
