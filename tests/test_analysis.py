@@ -13,6 +13,8 @@ from cnnlab.analysis import (
     tsne_embedding, weight_histograms,
 )
 from cnnlab.models import count_parameters, create_model, list_models, model_entry
+from cnnlab.runtime import resolve_runtime
+from cnnlab.train import BatchTransform
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,8 +27,10 @@ def mnist_tsne(mnist_small):
     return tsne_embedding(images.flatten(1).float() / 255, seed=0), mnist_small.y_test[keep].numpy(), images
 
 
-def normalised(images: torch.Tensor, data) -> torch.Tensor:
-    return (images.float() / 255 - torch.tensor(data.mean).view(-1, 1, 1)) / torch.tensor(data.std).view(-1, 1, 1)
+def first_test_image(data) -> torch.Tensor:
+    """The first test digit, normalised the way training and evaluation see it."""
+    transform = BatchTransform(data.mean, data.std, resolve_runtime("cpu", "fp32"))
+    return transform(data.x_test[:1], train=False)[0]
 
 
 def assert_png(path):
@@ -133,7 +137,7 @@ def test_weight_histograms_mark_a_missing_bias():
 
 def test_feature_maps_are_each_conv_output_for_a_real_digit(mnist_small):
     model = create_model("simple_cnn").train()
-    image = normalised(mnist_small.x_test[:1], mnist_small)[0]
+    image = first_test_image(mnist_small)
     maps = feature_maps(model, image)
     assert list(maps) == ["conv1", "conv2"]
     assert all(tuple(m.shape) == (32, 28, 28) for m in maps.values())
@@ -172,7 +176,7 @@ def test_weight_histogram_plot_is_written(tmp_path):
 
 
 def test_feature_map_plot_is_written(mnist_small, tmp_path):
-    maps = feature_maps(create_model("simple_cnn"), normalised(mnist_small.x_test[:1], mnist_small)[0])
+    maps = feature_maps(create_model("simple_cnn"), first_test_image(mnist_small))
     assert_png(report.plot_feature_maps(maps, tmp_path / "maps.png", max_channels=8))
 
 

@@ -104,8 +104,8 @@ def plot_weight_histograms(histograms: dict[str, dict], path: Path) -> Path:
             ax.stairs(counts, edges, fill=True, alpha=0.7)
             ax.set_title(f"{layer} {kind} ({sum(counts):,} values)", fontsize=9)
             ax.tick_params(labelsize=7)
-    axes[-1, 0].set_xlabel("value")
-    axes[-1, 1].set_xlabel("value")
+    for ax in axes[-1]:
+        ax.set_xlabel("value")
     fig.tight_layout()
     return _save(fig, path)
 
