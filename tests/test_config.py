@@ -107,3 +107,10 @@ def test_a_typo_in_any_experiment_fails_at_load(tmp_path):
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match=r"in experiments.e4_sgd: unknown setting 'lrate'"):
         load_config(path)
+
+
+def test_one_string_of_overrides_as_mlflow_projects_pass_them():
+    config = load_config(PROJECT_ROOT / "params.yaml", ["train.epochs=1 train.lr=0.01 experiment=e4_base",
+                                                        "train.weight_decay_layers=[fc1, conv2]"])
+    assert config.train.epochs == 1 and config.train.lr == 0.01 and config.experiment == "e4_base"
+    assert config.train.weight_decay_layers == ["fc1", "conv2"]

@@ -13,6 +13,7 @@ and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -230,8 +231,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+_OVERRIDE_TOKEN = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def split_overrides(overrides: list[str]) -> list[str]:
+    """``"a=1 b.c=2"`` -> ``["a=1", "b.c=2"]``: MLflow projects pass all overrides as one quoted
+    string. Split only when every whitespace token starts a new ``key=``, so values with
+    spaces (``train.weight_decay_layers=[fc1, conv2]``) stay whole."""
+    result: list[str] = []
     for text in overrides:
+        tokens = text.split()
+        result.extend(tokens if len(tokens) > 1 and all(_OVERRIDE_TOKEN.match(t) for t in tokens) else [text])
+    return result
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in split_overrides(overrides):
         path, value = parse_override(text)
         node = tree
         for part in path[:-1]:

@@ -49,7 +49,7 @@ def plot_learning_curves(history: list[dict], path: Path, batch_losses: list[flo
         axes[2].set(xlabel="batch", ylabel="training loss", title="per-batch loss", yscale="log")
         axes[2].legend()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02 + 0.08 / rows)  # above the two-line subplot titles
     return _save(fig, path)
 
 
@@ -145,5 +145,5 @@ def plot_example_grid(images, true_labels, predicted_labels, classes: list[str],
         ax.set_title(f"pred {classes[int(predicted)]}\ntrue {classes[int(true)]}", fontsize=8,
                      color="black" if int(predicted) == int(true) else "red")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.02 + 0.08 / rows)  # above the two-line subplot titles
     return _save(fig, path)
