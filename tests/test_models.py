@@ -14,6 +14,9 @@ EXPECTED_PARAMETERS = {
     "small_cnn_cifar": 295_402,  # 448 + 4,640 + 18,496 + 262,208 + 8,320 + 1,290
     "svhn_base": 26_346,  # 1,216 + 4,640 + 20,490
     "svhn_deep": 322_090,  # 1,216 + 4,640 + 51,264 + 262,400 + 2,570
+    # residual pre-activation 32-64-128, 2 convs/block, BN (bias-free convs): stem 864 + blocks
+    # 18,560 (2 BN-conv) + 57,536 (+ 1x1 projection) + 229,760 + final BN 256 + linear 1,290
+    "search_cnn": 308_266,
 }
 
 

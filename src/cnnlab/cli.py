@@ -422,6 +422,20 @@ def cmd_compare(config: Config, args) -> None:
     print(table)
 
 
+def cmd_search(config: Config, args) -> None:
+    from .data import load_prepared
+    from .search import run_search, write_summary
+
+    paths = Paths(config)
+    study = run_search(config, load_prepared(paths.prepared))
+    summary = write_summary(study, Path(config.outputs_dir) / config.search.study / "search.json")
+    states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
+    print(f"study {study.study_name}: {states}")
+    for best in summary["best"]:
+        print(f"best trial {best['number']}: val accuracy {best['val_accuracy']:.4f}, "
+              f"{best['parameters']:,d} parameters, {best['model_kwargs']}")
+
+
 PIPELINE = ("prepare", "train", "evaluate", "analyze", "report", "export", "register")
 
 
@@ -443,6 +457,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "register": (cmd_register, "register the model in MLflow with an alias (needs passed parity)"),
     "seeds": (cmd_seeds, "train + evaluate once per seed in `seeds`; writes mean ± std"),
     "compare": (cmd_compare, "table of every experiment against the catalogue's reference figures"),
+    "search": (cmd_search, "Optuna search under search.param_budget; resumes an existing study"),
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
 }
 

@@ -106,6 +106,44 @@ class AnalysisConfig:
 
 
 @dataclass
+class SearchSpaceConfig:
+    """E5's space over the `search_cnn` family; ranges are [low, high], lists are choices."""
+
+    block_styles: list[str] = field(default_factory=lambda: ["plain", "residual", "inception"])
+    stages: list[int] = field(default_factory=lambda: [2, 4])  # [low, high]
+    widths: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64, 96, 128])  # per-stage choices
+    convs_per_block: list[int] = field(default_factory=lambda: [1, 3])  # [low, high]
+    batch_norm: list[bool] = field(default_factory=lambda: [True, False])
+    preactivation: list[bool] = field(default_factory=lambda: [True, False])
+    pooling: list[str] = field(default_factory=lambda: ["max", "avg"])
+    head_widths: list[int] = field(default_factory=lambda: [0, 64, 128])
+    dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [low, high]
+    optimizers: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
+    lr: list[float] = field(default_factory=lambda: [0.0003, 0.01])  # [low, high], log scale
+    batch_sizes: list[int] = field(default_factory=lambda: [128])
+
+
+@dataclass
+class SearchConfig:
+    study: str = "e5_search"
+    # "" = SQLite under <project>/.optuna/; any Optuna RDB URL (postgresql://...), or
+    # journal:<path> for a JournalStorage file shared by processes on one machine.
+    storage: str = ""
+    n_trials: int = 40  # in total, over every worker and every resumption
+    timeout_seconds: int = 0  # per worker process; 0 = none
+    param_budget: int = 150000  # hard: an over-budget model is never trained
+    budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
+    sampler_seed: int = 0
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    multi_objective: bool = False  # maximise accuracy, minimise parameters (Pareto front)
+    trial_epochs: int = 4  # cheap fidelity per trial; the winner is retrained in full
+    trial_train_subset: int = 10000  # stratified training images per trial; 0 = all
+    heartbeat_seconds: int = 60  # RDB storages: a silent worker's trial is failed and retried
+    max_retry: int = 2
+    space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+
+
+@dataclass
 class ExportConfig:
     opset: int = 18
     max_abs_diff: float = 1e-4  # fp32 logits, onnxruntime vs PyTorch
@@ -128,6 +166,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     @property

@@ -1,0 +1,257 @@
+"""Optuna architecture/hyper-parameter search under a hard parameter budget: the only
+module that imports optuna.
+
+    cnnlab search -S experiment=e5_search                      # resumes the study if it exists
+    cnnlab search -S experiment=e5_search -S search.storage=postgresql://127.0.0.1:5432/test
+
+Every candidate is built and counted before any training: over ``search.param_budget`` it
+is shrunk to fit (``budget_mode: shrink``) or pruned at once (``reject``), costing no
+training time. Trials train on a stratified subset for ``trial_epochs`` epochs, report
+validation accuracy per epoch to the pruner, and each is an MLflow child run of one parent
+run per study (parent id passed explicitly, so it works across processes). Workers that
+share the storage share the study; ``n_trials`` counts trials of every worker and of
+earlier invocations, so re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from sklearn.model_selection import train_test_split
+
+from .config import Config, ModelConfig, SearchConfig, SearchSpaceConfig
+from .data import PreparedData
+from .models.searchable import count_for, fit_to_budget
+from .runtime import project_root
+from .train import TrainingDiverged, fit, resolve_model_kwargs
+
+log = logging.getLogger(__name__)
+
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                   optuna.trial.TrialState.FAIL)
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+
+
+class OverBudget(optuna.TrialPruned):
+    """The candidate has more trainable parameters than the budget allows."""
+
+
+def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole search space in one place: (search_cnn kwargs, training settings)."""
+    stages = trial.suggest_int("stages", *space.stages)
+    model = {
+        "block_style": trial.suggest_categorical("block_style", space.block_styles),
+        "widths": [trial.suggest_categorical(f"width_{i}", space.widths) for i in range(stages)],
+        "convs_per_block": trial.suggest_int("convs_per_block", *space.convs_per_block),
+        "batch_norm": trial.suggest_categorical("batch_norm", space.batch_norm),
+        "pooling": trial.suggest_categorical("pooling", space.pooling),
+        "head_width": trial.suggest_categorical("head_width", space.head_widths),
+        "dropout": trial.suggest_float("dropout", *space.dropout),
+    }
+    # Pre-activation only means something for residual blocks; don't spend trials on it otherwise.
+    model["preactivation"] = (trial.suggest_categorical("preactivation", space.preactivation)
+                              if model["block_style"] == "residual" else False)
+    training = {
+        "optimizer": trial.suggest_categorical("optimizer", space.optimizers),
+        "lr": trial.suggest_float("lr", *space.lr, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
+    }
+    return model, training
+
+
+def fit_budget(model_kwargs: dict[str, Any], search: SearchConfig) -> tuple[dict[str, Any], int]:
+    """Count before training; shrink or reject (OverBudget) a candidate over the budget."""
+    count = count_for(model_kwargs)
+    if count <= search.param_budget:
+        return model_kwargs, count
+    if search.budget_mode == "reject":
+        raise OverBudget(f"{count:,d} parameters > budget {search.param_budget:,d}")
+    try:
+        return fit_to_budget(model_kwargs, search.param_budget)
+    except ValueError as err:
+        raise OverBudget(str(err)) from err
+
+
+def resolve_storage(url: str, search: SearchConfig):
+    """Optuna storage from a URL; RDB storages get heartbeats + retry of a dead worker's trial."""
+    if not url:
+        folder = project_root() / ".optuna"
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder / 'optuna.db'}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=search.max_retry),
+    )
+
+
+def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
+    if search.multi_objective or search.pruner == "none":
+        return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.trial_epochs)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+
+
+def open_study(search: SearchConfig) -> optuna.Study:
+    directions = ["maximize", "minimize"] if search.multi_objective else ["maximize"]
+    return optuna.create_study(
+        study_name=search.study, storage=resolve_storage(search.storage, search), load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=search.sampler_seed), pruner=make_pruner(search),
+        directions=directions,
+    )
+
+
+def trial_subset(data: PreparedData, size: int, seed: int) -> PreparedData:
+    if not size or size >= len(data.y_train):
+        return data
+    keep, _ = train_test_split(torch.arange(len(data.y_train)).numpy(), train_size=size,
+                               stratify=data.y_train.numpy(), random_state=seed)
+    keep = torch.from_numpy(keep)
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+
+
+class TrialReporter:
+    """Per-epoch validation accuracy to Optuna (for the pruner) and to the trial's MLflow run."""
+
+    def __init__(self, trial: optuna.Trial, tracker, prune: bool):
+        self.trial, self.tracker, self.prune = trial, tracker, prune
+
+    def on_epoch_end(self, record: dict[str, float]) -> None:
+        self.tracker.on_epoch_end(record)
+        if self.prune:
+            self.trial.report(record["val_accuracy"], int(record["epoch"]))
+            if self.trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {int(record['epoch'])} "
+                                         f"(val accuracy {record['val_accuracy']:.4f})")
+
+
+class Objective:
+    def __init__(self, config: Config, data: PreparedData, parent_run_id: str):
+        self.config, self.parent_run_id = config, parent_run_id
+        self.search = config.search
+        self.data = trial_subset(data, self.search.trial_train_subset, config.data.split_seed)
+        self.base_kwargs = resolve_model_kwargs("search_cnn", {}, data)
+
+    def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
+        train = dataclasses.replace(self.config.train, epochs=self.search.trial_epochs, progress=False,
+                                    resume_from="", **training)
+        return dataclasses.replace(self.config, experiment=f"{self.search.study}/trial{trial.number:04d}",
+                                   model=ModelConfig("search_cnn", model_kwargs), train=train)
+
+    def __call__(self, trial: optuna.Trial):
+        from .tracking import RunTracker
+
+        model_kwargs, training = suggest(trial, self.search.space)
+        model_kwargs = {**self.base_kwargs, **model_kwargs}
+        try:
+            model_kwargs, parameters = fit_budget(model_kwargs, self.search)
+        except OverBudget as err:
+            trial.set_user_attr("parameters", count_for(model_kwargs))
+            trial.set_user_attr("reason", f"over budget: {err}")
+            raise
+        trial.set_user_attr("parameters", parameters)
+        trial.set_user_attr("model_kwargs", model_kwargs)
+        config = self.trial_config(trial, model_kwargs, training)
+        tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
+                             tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number)})
+        tracker.log_config(config, parameters)
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        try:
+            result = fit(config, self.data, TrialReporter(trial, tracker, not self.search.multi_objective))
+        except optuna.TrialPruned as err:
+            self._close(trial, tracker, "PRUNED", str(err), "FINISHED")
+            raise
+        except TrainingDiverged as err:
+            self._close(trial, tracker, "FAIL", str(err), "FAILED")
+            raise
+        tracker.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": parameters})
+        self._close(trial, tracker, "COMPLETE", "", "FINISHED")
+        if self.search.multi_objective:
+            return result.best_val_accuracy, parameters
+        return result.best_val_accuracy
+
+    @staticmethod
+    def _close(trial: optuna.Trial, tracker, state: str, reason: str, status: str) -> None:
+        if reason:
+            trial.set_user_attr("reason", reason)
+        tracker.set_tags({"optuna.state": state, **({"optuna.reason": reason} if reason else {})})
+        tracker.set_terminated(status)
+
+
+def ensure_parent_run(study: optuna.Study, config: Config) -> str:
+    """One MLflow parent run per study, its id kept in the study so every worker finds it."""
+    from .tracking import RunTracker
+
+    parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    tracker = RunTracker(config, run_id=parent, run_name=f"search-{config.search.study}",
+                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent"})
+    if tracker.run_id != parent:
+        study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
+        tracker.log_params({f"search.{k}": v for k, v in dataclasses.asdict(config.search).items() if k != "space"})
+    return tracker.run_id
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def run_search(config: Config, data: PreparedData) -> optuna.Study:
+    """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
+    search = config.search
+    study = open_study(search)
+    parent_run_id = ensure_parent_run(study, config)
+    remaining = search.n_trials - finished_trials(study)
+    if remaining <= 0:
+        log.info("study %s already has %d finished trials", search.study, finished_trials(study))
+        return study
+    study.optimize(
+        Objective(config, data, parent_run_id), n_trials=remaining, timeout=search.timeout_seconds or None,
+        catch=(TrainingDiverged,),  # a diverging trial is recorded as failed; the study goes on
+        callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=FINISHED_STATES)],
+        gc_after_trial=True,
+    )
+    return study
+
+
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        values = trial.values or []
+        rows.append({"number": trial.number, "state": trial.state.name,
+                     "val_accuracy": values[0] if values else None,
+                     "parameters": trial.user_attrs.get("parameters"), "reason": trial.user_attrs.get("reason", ""),
+                     "params": trial.params, "model_kwargs": trial.user_attrs.get("model_kwargs"),
+                     "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+                     "seconds": trial.duration.total_seconds() if trial.duration else None})
+    return rows
+
+
+def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """The best trial (single objective) or the Pareto front (accuracy up, parameters down)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return []
+    chosen = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+    return [{"number": t.number, "val_accuracy": t.values[0], "parameters": t.user_attrs["parameters"],
+             "model_kwargs": t.user_attrs["model_kwargs"], "params": t.params} for t in chosen]
+
+
+def write_summary(study: optuna.Study, path: Path) -> dict[str, Any]:
+    summary = {"study": study.study_name, "trials": trials_table(study), "best": best_trials(study),
+               "states": {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
+                          for s in optuna.trial.TrialState}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

@@ -1,0 +1,95 @@
+"""E5 search machinery on small real data: hard budget, resume, MLflow lineage, failures."""
+
+import pytest
+from mlflow import MlflowClient
+
+optuna = pytest.importorskip("optuna")
+
+from cnnlab.config import load_config  # noqa: E402
+from cnnlab.search import PARENT_RUN_ATTR, open_study, run_search  # noqa: E402
+
+from .conftest import PROJECT_ROOT  # noqa: E402
+
+TINY_SPACE = [
+    "search.space.block_styles=[plain, residual]", "search.space.stages=[2, 2]", "search.space.widths=[8, 16]",
+    "search.space.convs_per_block=[1, 1]", "search.space.head_widths=[0]", "search.space.dropout=[0.0, 0.0]",
+    "search.space.optimizers=[adam]", "search.space.lr=[0.001, 0.003]",
+]
+
+
+@pytest.fixture
+def search_config(tmp_path, tracking_uri):
+    def make(*overrides):
+        return load_config(PROJECT_ROOT / "params.yaml", [
+            f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
+            f"tracking.uri={tracking_uri}", f"tracking.experiment=search-test-{tmp_path.name}",
+            f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=s-{tmp_path.name}",
+            "search.trial_epochs=1", "search.trial_train_subset=600", "search.n_trials=2",
+            "train.eval_batch_size=2000", *TINY_SPACE, *overrides,
+        ])
+    return make
+
+
+def trials_of(config):
+    return open_study(config.search).get_trials(deepcopy=False)
+
+
+def test_over_budget_candidates_are_pruned_without_training(search_config, mnist_small, tmp_path):
+    config = search_config("search.param_budget=100", "search.budget_mode=reject", "search.n_trials=3")
+    run_search(config, mnist_small)
+    trials = trials_of(config)
+    assert [t.state.name for t in trials] == ["PRUNED"] * 3
+    assert all(t.user_attrs["parameters"] > 100 and "over budget" in t.user_attrs["reason"] for t in trials)
+    assert not (tmp_path / "models").exists()  # nothing was trained or checkpointed
+
+
+def test_shrink_to_fit_trains_a_model_under_the_budget(search_config, mnist_small):
+    config = search_config("search.param_budget=20000", "search.budget_mode=shrink", "search.n_trials=1",
+                           "search.space.widths=[64]", "search.trial_train_subset=0", "search.trial_epochs=3")
+    run_search(config, mnist_small)
+    (trial,) = trials_of(config)
+    assert trial.state.name == "COMPLETE"
+    assert 15000 < trial.user_attrs["parameters"] <= 20000  # shrunk to hug the budget
+    assert max(trial.user_attrs["model_kwargs"]["widths"]) < 64
+    assert trial.value > 0.2  # it trained: 3 short epochs of a global-pooling net, chance is 0.1
+
+
+def test_resume_continues_the_same_study(search_config, mnist_small):
+    first = search_config("search.n_trials=1")
+    run_search(first, mnist_small)
+    (before,) = trials_of(first)
+    run_search(search_config("search.n_trials=2"), mnist_small)
+    trials = trials_of(first)
+    assert len(trials) == 2
+    assert trials[0].number == before.number and trials[0].value == before.value
+    run_search(search_config("search.n_trials=2"), mnist_small)  # already done: no new trial
+    assert len(trials_of(first)) == 2
+
+
+def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, tracking_uri):
+    config = search_config()
+    study = run_search(config, mnist_small)
+    parent = study.user_attrs[PARENT_RUN_ATTR]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 2
+    assert {c.data.tags["optuna.trial"] for c in children} == {"0", "1"}
+    assert all(c.data.params["model.name"] == "search_cnn" and "model.parameters" in c.data.params for c in children)
+    assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 1 for c in children)
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(search_config, mnist_small):
+    config = search_config("search.space.optimizers=[sgd]", "search.space.lr=[1000000.0, 1000000.0]",
+                           "search.space.block_styles=[plain]", "search.space.batch_norm=[false]")
+    run_search(config, mnist_small)
+    trials = trials_of(config)
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("loss became" in t.user_attrs["reason"] for t in trials)
+
+
+def test_journal_storage_for_one_machine(search_config, mnist_small, tmp_path):
+    config = search_config(f"search.storage=journal:{tmp_path / 'journal.log'}", "search.n_trials=1")
+    run_search(config, mnist_small)
+    assert (tmp_path / "journal.log").stat().st_size > 0
+    assert [t.state.name for t in trials_of(config)] == ["COMPLETE"]

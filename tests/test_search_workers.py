@@ -1,0 +1,113 @@
+"""Several `cnnlab search` processes on one study, on the real PostgreSQL server."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from .conftest import PROJECT_ROOT  # noqa: E402
+
+POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(POSTGRES_URL).connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+    except Exception as err:  # no server here: say so instead of failing
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(err).__name__}); "
+                    "set CNNLAB_TEST_POSTGRES to a reachable server")
+    return POSTGRES_URL
+
+
+def worker(tmp_path: Path, study: str, storage: str, tracking_uri: str, n_trials: int, datasets_dir, *extra):
+    overrides = [
+        f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
+        f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}",
+        f"tracking.uri={tracking_uri}", "tracking.experiment=search-workers", f"search.study={study}",
+        f"search.storage={storage}", f"search.n_trials={n_trials}", "search.trial_epochs=1",
+        "search.trial_train_subset=600", "search.space.stages=[2, 2]", "search.space.widths=[8, 16]",
+        "search.space.convs_per_block=[1, 1]", "search.space.optimizers=[adam]", "train.threads=1",
+        "search.pruner=none", *extra,
+    ]
+    args = [sys.executable, "-m", "cnnlab.cli", "search", "--params", str(PROJECT_ROOT / "params.yaml")]
+    for item in overrides:
+        args += ["-S", item]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def prepared(tmp_path, datasets_dir):
+    args = [sys.executable, "-m", "cnnlab.cli", "prepare", "--params", str(PROJECT_ROOT / "params.yaml"),
+            "-S", f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}"]
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path, postgres_url, tracking_uri,
+                                                                        datasets_dir):
+    from mlflow import MlflowClient
+
+    prepared(tmp_path, datasets_dir)
+    study = f"workers-{uuid.uuid4().hex[:8]}"
+    first = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
+    time.sleep(8)  # the first worker creates the study and its parent run
+    second = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+
+    trials = optuna.load_study(study_name=study, storage=postgres_url).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) >= 4  # none duplicated
+    assert all(t.state.name == "COMPLETE" for t in trials)  # none lost mid-way
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == len(trials)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parents = {client.get_run(r).data.tags["mlflow.parentRunId"] for r in run_ids}
+    assert len(parents) == 1  # both workers logged under the study's one parent run
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri, datasets_dir):
+    prepared(tmp_path, datasets_dir)
+    study = f"killed-{uuid.uuid4().hex[:8]}"
+    storage = optuna.storages.RDBStorage(postgres_url)
+    victim = worker(tmp_path, study, postgres_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
+                    "search.trial_train_subset=3000", "search.trial_epochs=3")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until its trial is running, then kill it mid-trial
+        try:
+            running = optuna.load_study(study_name=study, storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            running = []
+        if running:
+            break
+        time.sleep(0.5)
+    assert running, "the first worker never started a trial"
+    time.sleep(2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    time.sleep(4)  # past the heartbeat grace period (2 x 1 s)
+
+    rescuer = worker(tmp_path, study, postgres_url, tracking_uri, 2, datasets_dir, "search.heartbeat_seconds=1")
+    output = rescuer.communicate(timeout=600)[0]
+    assert rescuer.returncode == 0, output
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    killed = trials[0]
+    assert killed.state.name == "FAIL"  # its heartbeat stopped
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried and retried[0].params == killed.params  # re-queued with the same parameters
+    assert retried[0].state.name == "COMPLETE"
