@@ -14,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
-POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="module")
