@@ -1,5 +1,7 @@
 """E5 search machinery on small real data: hard budget, resume, MLflow lineage, failures."""
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
@@ -93,3 +95,30 @@ def test_journal_storage_for_one_machine(search_config, mnist_small, tmp_path):
     run_search(config, mnist_small)
     assert (tmp_path / "journal.log").stat().st_size > 0
     assert [t.state.name for t in trials_of(config)] == ["COMPLETE"]
+
+
+def test_retrain_best_trains_every_seed_then_exports_and_registers(search_config, mnist_small, tmp_path,
+                                                                   tracking_uri, datasets_dir):
+    from cnnlab.cli import main
+    from cnnlab.data.prepare import save_prepared
+
+    save_prepared(mnist_small, tmp_path / "prepared" / "mnist.pt")
+    config = search_config()
+    overrides = [f"data.prepared_dir={tmp_path / 'prepared'}", "seeds=[0, 1]", "train.epochs=1",
+                 "train.progress=false", "tracking.log_model=true"]
+    args = ["--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={config.models_dir}",
+            f"outputs_dir={config.outputs_dir}", f"tracking.uri={tracking_uri}",
+            f"tracking.experiment={config.tracking.experiment}", f"search.storage={config.search.storage}",
+            f"search.study={config.search.study}", "search.trial_epochs=1", "search.trial_train_subset=600",
+            "search.n_trials=2", *TINY_SPACE, *overrides]
+    assert main(["search", *args]) == 0
+    assert main(["retrain-best", *args]) == 0
+    winner = tmp_path / "outputs" / f"{config.search.study}_winner"
+    seeds = json.loads((winner / "seeds.json").read_text())
+    assert [r["seed"] for r in seeds["runs"]] == [0, 1]
+    assert seeds["parameters"] <= config.search.param_budget
+    registered = list(winner.glob("seed*/registered.json"))
+    assert len(registered) == 1
+    record = json.loads(registered[0].read_text())
+    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(record["name"], "champion")
+    assert version.tags["onnx_parity"] == "passed"

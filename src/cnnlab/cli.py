@@ -428,12 +428,51 @@ def cmd_search(config: Config, args) -> None:
 
     paths = Paths(config)
     study = run_search(config, load_prepared(paths.prepared))
-    summary = write_summary(study, Path(config.outputs_dir) / config.search.study / "search.json")
+    summary = write_summary(study, Path(config.outputs_dir) / config.search.study / "search.json",
+                            config.search.param_budget)
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
     print(f"study {study.study_name}: {states}")
     for best in summary["best"]:
         print(f"best trial {best['number']}: val accuracy {best['val_accuracy']:.4f}, "
               f"{best['parameters']:,d} parameters, {best['model_kwargs']}")
+
+
+def winner_config(config: Config, best: dict[str, Any]) -> Config:
+    """The experiment's full training recipe with the search winner's architecture and optimizer."""
+    import dataclasses
+
+    from .config import ModelConfig
+
+    train = dataclasses.replace(config.train, optimizer=best["params"]["optimizer"], lr=best["params"]["lr"],
+                                batch_size=best["params"]["batch_size"])
+    return dataclasses.replace(config, experiment=f"{config.search.study}_winner", train=train,
+                               model=ModelConfig("search_cnn", best["model_kwargs"]))
+
+
+def cmd_retrain_best(config: Config, args) -> None:
+    """Retrain the best trial in full with every seed, then export and register the best seed."""
+    import dataclasses
+
+    from .models.searchable import count_for
+
+    summary = read_json(Path(config.outputs_dir) / config.search.study / "search.json", "search")
+    if not summary["best"]:
+        raise RuntimeError(f"study {config.search.study} has no complete trial yet; run `cnnlab search` longer")
+    best = max(summary["best"], key=lambda b: b["val_accuracy"])  # Pareto front: its most accurate member
+    parameters = count_for(best["model_kwargs"])
+    if parameters > config.search.param_budget:
+        raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "
+                           f"{config.search.param_budget:,d}; refusing to train it")
+    winner = winner_config(config, best)
+    print(f"retraining trial {best['number']} ({parameters:,d} parameters) as {winner.experiment} "
+          f"with seeds {winner.seeds}", flush=True)
+    cmd_seeds(winner, args)
+    seeds = read_json(winner.output_dir / "seeds.json", "seeds")
+    top = max(seeds["runs"], key=lambda r: r["test_accuracy"])
+    tracking = dataclasses.replace(winner.tracking, registered_model=winner.experiment.replace("_", "-"))
+    chosen = dataclasses.replace(winner, experiment=f"{winner.experiment}/seed{top['seed']}", tracking=tracking)
+    cmd_export(chosen, args)
+    cmd_register(chosen, args)
 
 
 PIPELINE = ("prepare", "train", "evaluate", "analyze", "report", "export", "register")
@@ -458,6 +497,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "seeds": (cmd_seeds, "train + evaluate once per seed in `seeds`; writes mean ± std"),
     "compare": (cmd_compare, "table of every experiment against the catalogue's reference figures"),
     "search": (cmd_search, "Optuna search under search.param_budget; resumes an existing study"),
+    "retrain-best": (cmd_retrain_best, "retrain the search winner with every seed; export + register the best"),
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
 }
 

@@ -248,8 +248,21 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
              "model_kwargs": t.user_attrs["model_kwargs"], "params": t.params} for t in chosen]
 
 
-def write_summary(study: optuna.Study, path: Path) -> dict[str, Any]:
-    summary = {"study": study.study_name, "trials": trials_table(study), "best": best_trials(study),
+def param_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances of the searched parameters for validation accuracy ({} if too few trials)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study, target=lambda t: t.values[0]))
+    except (RuntimeError, ValueError) as err:  # e.g. every trial had the same parameters
+        log.warning("parameter importances unavailable: %s", err)
+        return {}
+
+
+def write_summary(study: optuna.Study, path: Path, param_budget: int) -> dict[str, Any]:
+    summary = {"study": study.study_name, "param_budget": param_budget, "trials": trials_table(study),
+               "best": best_trials(study), "importances": param_importances(study),
                "states": {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
                           for s in optuna.trial.TrialState}}
     path.parent.mkdir(parents=True, exist_ok=True)
