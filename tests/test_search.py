@@ -97,7 +97,7 @@ def test_journal_storage_for_one_machine(search_config, mnist_small, tmp_path):
     assert [t.state.name for t in trials_of(config)] == ["COMPLETE"]
 
 
-def test_retrain_best_trains_every_seed_then_exports_and_registers(search_config, mnist_small, tmp_path,
+def test_search_report_then_retrain_best_exports_and_registers(search_config, mnist_small, tmp_path,
                                                                    tracking_uri, datasets_dir):
     from cnnlab.cli import main
     from cnnlab.data.prepare import save_prepared
@@ -112,6 +112,13 @@ def test_retrain_best_trains_every_seed_then_exports_and_registers(search_config
             f"search.study={config.search.study}", "search.trial_epochs=1", "search.trial_train_subset=600",
             "search.n_trials=2", *TINY_SPACE, *overrides]
     assert main(["search", *args]) == 0
+    assert main(["search-report", *args]) == 0
+    study_dir = tmp_path / "outputs" / config.search.study
+    assert sorted(p.name for p in (study_dir / "search_figures").glob("*.png")) == [
+        "accuracy_vs_parameters.png", "history.png", "parallel_coordinates.png", "param_importances.png"]
+    parent = json.loads((study_dir / "search.json").read_text())["mlflow_parent_run_id"]
+    logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent, "search_figures")}
+    assert len(logged) == 4
     assert main(["retrain-best", *args]) == 0
     winner = tmp_path / "outputs" / f"{config.search.study}_winner"
     seeds = json.loads((winner / "seeds.json").read_text())

@@ -437,6 +437,26 @@ def cmd_search(config: Config, args) -> None:
               f"{best['parameters']:,d} parameters, {best['model_kwargs']}")
 
 
+def cmd_search_report(config: Config, args) -> None:
+    """The study's figures from search.json, logged to the study's MLflow parent run."""
+    from . import report
+    from .tracking import RunTracker
+
+    folder = Path(config.outputs_dir) / config.search.study
+    summary = read_json(folder / "search.json", "search")
+    figures = [
+        report.plot_search_history(summary, folder / "search_figures" / "history.png"),
+        report.plot_accuracy_vs_parameters(summary, folder / "search_figures" / "accuracy_vs_parameters.png"),
+        report.plot_param_importances(summary, folder / "search_figures" / "param_importances.png"),
+        report.plot_parallel_coordinates(summary, folder / "search_figures" / "parallel_coordinates.png"),
+    ]
+    if summary.get("mlflow_parent_run_id"):
+        parent = RunTracker(config, run_id=summary["mlflow_parent_run_id"])
+        parent.log_artifacts(figures, "search_figures")
+        parent.log_artifact(folder / "search.json")
+    print("search figures: " + ", ".join(str(f) for f in figures))
+
+
 def winner_config(config: Config, best: dict[str, Any]) -> Config:
     """The experiment's full training recipe with the search winner's architecture and optimizer."""
     import dataclasses
@@ -497,6 +517,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "seeds": (cmd_seeds, "train + evaluate once per seed in `seeds`; writes mean ± std"),
     "compare": (cmd_compare, "table of every experiment against the catalogue's reference figures"),
     "search": (cmd_search, "Optuna search under search.param_budget; resumes an existing study"),
+    "search-report": (cmd_search_report, "optimisation history, accuracy vs parameters, importances, parallel coordinates"),
     "retrain-best": (cmd_retrain_best, "retrain the search winner with every seed; export + register the best"),
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
 }

@@ -49,7 +49,7 @@ def plot_learning_curves(history: list[dict], path: Path, batch_losses: list[flo
         axes[2].set(xlabel="batch", ylabel="training loss", title="per-batch loss", yscale="log")
         axes[2].legend()
     if title:
-        fig.suptitle(title, y=1.02 + 0.08 / rows)  # above the two-line subplot titles
+        fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -146,4 +146,274 @@ def plot_example_grid(images, true_labels, predicted_labels, classes: list[str],
                      color="black" if int(predicted) == int(true) else "red")
     if title:
         fig.suptitle(title, y=1.02 + 0.08 / rows)  # above the two-line subplot titles
+    return _save(fig, path)
+
+
+def _finite(value) -> float | None:
+    """``value`` as a float; None when it is missing, not a number (bools included) or not finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _message_figure(text: str, title: str = ""):
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _complete_trials(summary: dict) -> list[dict]:
+    """COMPLETE trials of a search summary that have a validation accuracy, in trial-number order."""
+    complete = [t for t in summary.get("trials") or []
+                if t.get("state") == "COMPLETE" and _finite(t.get("val_accuracy")) is not None]
+    return sorted(complete, key=lambda t: _finite(t.get("number")) or 0.0)
+
+
+def _cut_kind(trial: dict, param_budget) -> str | None:
+    """Why a trial has no final accuracy: "over budget", "pruned" or "failed"; None when it was not cut."""
+    if trial.get("state") == "FAIL":
+        return "failed"
+    if trial.get("state") != "PRUNED":
+        return None
+    parameters, budget = _finite(trial.get("parameters")), _finite(param_budget)
+    over = str(trial.get("reason") or "").startswith("over budget") or (
+        parameters is not None and budget is not None and parameters > budget)
+    return "over budget" if over else "pruned"
+
+
+def _pareto_front(points) -> list[int]:
+    """Indices of the (parameters, accuracy) points that no other point beats: none has as few or
+    fewer parameters and as high or higher accuracy (one strictly). Ordered by parameters; of
+    identical points only the first is kept."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1], i))
+    front, best_accuracy = [], -np.inf
+    for index in order:
+        if points[index][1] > best_accuracy:  # fewer parameters were already seen, so it must be more accurate
+            front.append(index)
+            best_accuracy = points[index][1]
+    return front
+
+
+def _cut_strip(ax, cut: list[tuple[str, float]], empty_text: str) -> None:
+    """Rug under a main panel: one row per kind of cut trial ("over budget", "pruned", "failed") at x."""
+    styles = {"over budget": ("v", "tab:red"), "pruned": ("x", "tab:orange"), "failed": ("X", "black")}
+    kinds = [kind for kind in styles if any(k == kind for k, _ in cut)]
+    for row, kind in enumerate(kinds):
+        xs = [x for k, x in cut if k == kind]
+        ax.scatter(xs, [row] * len(xs), marker=styles[kind][0], color=styles[kind][1], s=36, linewidths=1.5)
+    ax.set_yticks(range(len(kinds)), [f"{kind} ({sum(k == kind for k, _ in cut)})" for kind in kinds], fontsize=8)
+    ax.set_ylim(len(kinds) - 0.5 if kinds else 0.5, -0.5)  # first kind on top
+    ax.grid(axis="x", alpha=0.3)
+    if not kinds:
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", fontsize=8, color="grey", transform=ax.transAxes)
+
+
+def _search_title(summary: dict) -> str:
+    trials = summary.get("trials") or []
+    counts = {state: sum(t.get("state") == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    return (f"{summary.get('study') or 'search'}: {len(trials)} trials, {counts['COMPLETE']} complete, "
+            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed")
+
+
+def plot_search_history(summary: dict, path: Path) -> Path:
+    """Validation accuracy by trial number: complete trials as dots with the best-so-far line, pruned
+    trials as hollow markers at the accuracy they had when cut (when Optuna kept one), and a strip
+    below marking every trial that was over budget, pruned or failed."""
+    budget = summary.get("param_budget")
+    numbered = [t for t in summary.get("trials") or [] if _finite(t.get("number")) is not None]
+    complete = [t for t in _complete_trials(summary) if _finite(t.get("number")) is not None]
+    cut = [(kind, float(t["number"])) for t in numbered if (kind := _cut_kind(t, budget))]
+    pruned_scored = [t for t in numbered if t.get("state") == "PRUNED" and _finite(t.get("val_accuracy")) is not None]
+    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5),
+                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.06})
+    if pruned_scored:
+        ax.scatter([t["number"] for t in pruned_scored], [t["val_accuracy"] for t in pruned_scored], s=28,
+                   facecolors="none", edgecolors="tab:orange", label="pruned (accuracy when cut)")
+    if complete:
+        numbers = [t["number"] for t in complete]
+        accuracies = [t["val_accuracy"] for t in complete]
+        best_so_far = np.maximum.accumulate(accuracies)
+        last = max(t["number"] for t in numbered)
+        ax.scatter(numbers, accuracies, s=28, color="tab:blue", zorder=3, label="complete")
+        ax.step([*numbers, last], [*best_so_far, best_so_far[-1]], where="post", color="tab:green", label="best so far")
+        best = max(complete, key=lambda t: t["val_accuracy"])
+        ax.annotate(f"best #{best['number']}: {best['val_accuracy']:.4f}", (best["number"], best["val_accuracy"]),
+                    textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.margins(y=0.12)  # room for the annotation above the best point
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no complete trials", ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    ax.set(ylabel="validation accuracy", title=_search_title(summary))
+    ax.grid(alpha=0.3)
+    _cut_strip(strip, cut, "no trial was over budget, pruned or failed")
+    strip.set_xlabel("trial number")
+    strip.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_parameters(summary: dict, path: Path) -> Path:
+    """Validation accuracy against trainable parameters: complete trials as dots, their Pareto front
+    (more accurate with fewer parameters) as a staircase, pruned trials hollow at the accuracy they had
+    when cut, the budget as a dashed line, and a strip below placing trials cut without an accuracy
+    (over budget, pruned, failed) at their parameter count. Log x axis when counts span over 20×."""
+    budget = _finite(summary.get("param_budget"))
+    trials = summary.get("trials") or []
+    complete = [t for t in _complete_trials(summary) if _finite(t.get("parameters")) is not None]
+    pruned_scored = [t for t in trials if t.get("state") == "PRUNED" and _finite(t.get("val_accuracy")) is not None
+                     and _finite(t.get("parameters")) is not None]
+    cut = [(kind, float(t["parameters"])) for t in trials
+           if (kind := _cut_kind(t, budget)) and _finite(t.get("parameters")) is not None]
+    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5),
+                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.06})
+    if pruned_scored:
+        ax.scatter([t["parameters"] for t in pruned_scored], [t["val_accuracy"] for t in pruned_scored], s=28,
+                   facecolors="none", edgecolors="tab:orange", label="pruned (accuracy when cut)")
+    if complete:
+        points = [(t["parameters"], t["val_accuracy"]) for t in complete]
+        front = [complete[i] for i in _pareto_front(points)]
+        ax.scatter(*zip(*points), s=28, color="tab:blue", alpha=0.6, label="complete")
+        ax.step([t["parameters"] for t in front], [t["val_accuracy"] for t in front], where="post",
+                color="tab:green", lw=1.2)
+        ax.scatter([t["parameters"] for t in front], [t["val_accuracy"] for t in front], s=70, facecolors="none",
+                   edgecolors="tab:green", linewidths=1.8, zorder=3, label=f"Pareto front ({len(front)})")
+        best = max(complete, key=lambda t: t["val_accuracy"])
+        ax.annotate(f"best #{best.get('number')}: {best['val_accuracy']:.4f}\n{best['parameters']:,} parameters",
+                    (best["parameters"], best["val_accuracy"]), textcoords="offset points", xytext=(8, -4),
+                    va="top", fontsize=8)
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no complete trials", ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    if budget is not None:
+        for panel in (ax, strip):
+            panel.axvline(budget, color="tab:red", ls="--", lw=1)
+        ax.annotate(f"budget {budget:,.0f}", (budget, 1), xycoords=("data", "axes fraction"),
+                    textcoords="offset points", xytext=(-4, -4), ha="right", va="top", fontsize=8, color="tab:red",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    xs = [p for p in [*(t["parameters"] for t in complete + pruned_scored), *(x for _, x in cut), budget]
+          if p is not None and p > 0]
+    if xs and max(xs) > 20 * min(xs):
+        strip.set_xscale("log")
+    strip.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.set(ylabel="validation accuracy", title=_search_title(summary))
+    ax.grid(alpha=0.3)
+    _cut_strip(strip, cut, "no trial was cut before training finished")
+    strip.set_xlabel("trainable parameters")
+    return _save(fig, path)
+
+
+def plot_param_importances(summary: dict, path: Path) -> Path:
+    """Horizontal bars of the search's parameter importances for validation accuracy, largest on top."""
+    importances = {name: value for name, raw in (summary.get("importances") or {}).items()
+                   if (value := _finite(raw)) is not None}
+    if not importances:
+        return _save(_message_figure("too few complete trials for importances", summary.get("study") or ""), path)
+    names, values = zip(*sorted(importances.items(), key=lambda item: item[1]))  # barh draws bottom-up
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(names)))
+    bars = ax.barh(names, values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.set(xlabel="importance for validation accuracy", xlim=(0, 1.15 * max(max(values), 1e-12)),
+           title=f"{summary.get('study') or 'search'}: parameter importances "
+                 f"from {len(_complete_trials(summary))} complete trials")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _ordered_param_names(trials: list[dict]) -> list[str]:
+    """Every parameter name in the trials, a conditional one placed after the name it follows where it appears."""
+    names: list[str] = []
+    for trial in trials:
+        previous = None
+        for name in trial.get("params") or {}:
+            if name not in names:
+                names.insert(names.index(previous) + 1 if previous is not None else 0, name)
+            previous = name
+    return names
+
+
+def _axis_positions(name: str, values: list) -> tuple[list[float | None], list[tuple[float, str]]]:
+    """One parallel-coordinates axis: each value's height in [0, 1] (None where missing) and the ticks.
+
+    Numbers are scaled min→0, max→1 (log10 first for learning rates and weight decay); anything else
+    (strings, bools, mixtures) is a category at evenly spaced heights in sorted order."""
+    present = [v for v in values if v is not None]
+    if present and all(_finite(v) is not None for v in present):
+        log = name in ("lr", "learning_rate", "weight_decay") and min(present) > 0
+        scale = np.log10 if log else float
+        low, high = scale(min(present)), scale(max(present))
+
+        def height(value):
+            return 0.5 if high == low else (scale(value) - low) / (high - low)
+
+        def label(value):
+            return f"{value:,d}" if isinstance(value, int) else f"{value:.3g}"
+
+        distinct = sorted(set(present))
+        shown = distinct if all(isinstance(v, int) for v in present) and len(distinct) <= 6 else [min(present),
+                                                                                                  max(present)]
+        return [None if v is None else height(v) for v in values], [(height(v), label(v)) for v in dict.fromkeys(shown)]
+
+    def key(value):
+        number = _finite(value)
+        return type(value).__name__, number if number is not None else 0.0, str(value)
+
+    categories = list(dict.fromkeys((type(v).__name__, str(v)) for v in sorted(present, key=key)))
+    spacing = {c: (0.5 if len(categories) == 1 else i / (len(categories) - 1)) for i, c in enumerate(categories)}
+    heights = [None if v is None else spacing[(type(v).__name__, str(v))] for v in values]
+    return heights, [(spacing[c], c[1]) for c in categories]
+
+
+def plot_parallel_coordinates(summary: dict, path: Path) -> Path:
+    """One vertical axis per searched parameter plus validation accuracy, each trial a line coloured by
+    its accuracy (best drawn last and thickest). Each axis is scaled to its own range (see
+    ``_axis_positions``). A parameter a trial did not sample (conditional ones, such as width_3 only when
+    stages=4) is drawn at an "n/a" position below that axis, so every line stays unbroken."""
+    complete = _complete_trials(summary)
+    title = f"{summary.get('study') or 'search'}: parameters of {len(complete)} complete trials"
+    if not complete:
+        return _save(_message_figure("no complete trials", title), path)
+    not_sampled = -0.15
+    names = _ordered_param_names(complete)
+    accuracies = np.array([t["val_accuracy"] for t in complete])
+    columns, ticks = [], []
+    for name in names:
+        heights, axis_ticks = _axis_positions(name, [(t.get("params") or {}).get(name) for t in complete])
+        if any(h is None for h in heights):
+            axis_ticks.append((not_sampled, "n/a"))
+        columns.append([not_sampled if h is None else h for h in heights])
+        ticks.append(axis_ticks)
+    low, high = accuracies.min(), accuracies.max()
+    columns.append(list(np.full(len(complete), 0.5) if high == low else (accuracies - low) / (high - low)))
+    ticks.append([(0.5, f"{low:.4f}")] if high == low else [(0.0, f"{low:.4f}"), (1.0, f"{high:.4f}")])
+    labels = [*names, "val accuracy"]
+
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.0 * len(labels) + 2), 5.5))
+    order = np.argsort(accuracies, kind="stable")  # best last, so it is drawn on top
+    segments = [np.column_stack([np.arange(len(labels)), [column[i] for column in columns]]) for i in order]
+    widths = [2.8 if accuracies[i] == high else 1.2 for i in order]
+    norm = matplotlib.colors.Normalize(low - 0.005, high + 0.005) if high == low else matplotlib.colors.Normalize(
+        low, high)
+    lines = matplotlib.collections.LineCollection(segments, cmap="viridis", norm=norm, linewidths=widths, alpha=0.85)
+    lines.set_array(accuracies[order])
+    ax.add_collection(lines)
+    for x, axis_ticks in enumerate(ticks):
+        ax.axvline(x, color="0.3", lw=0.8, zorder=0)
+        for y, text in axis_ticks:
+            ax.text(x - 0.06, y, text, ha="right", va="center", fontsize=7,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    any_missing = any(not_sampled in column for column in columns)
+    if any_missing:
+        ax.axhspan(not_sampled - 0.06, not_sampled + 0.06, color="0.93", zorder=-1)
+    ax.set_xlim(-0.8, len(labels) - 0.6)
+    ax.set_ylim(not_sampled - 0.1 if any_missing else -0.08, 1.08)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(lines, ax=ax, pad=0.01, fraction=0.03, label="validation accuracy")
+    ax.set_title(title + " (each axis scaled to its own range" + ("; n/a = not sampled)" if any_missing else ")"),
+                 fontsize=10)
     return _save(fig, path)

@@ -261,7 +261,8 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 
 
 def write_summary(study: optuna.Study, path: Path, param_budget: int) -> dict[str, Any]:
-    summary = {"study": study.study_name, "param_budget": param_budget, "trials": trials_table(study),
+    summary = {"study": study.study_name, "param_budget": param_budget,
+               "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),
                "best": best_trials(study), "importances": param_importances(study),
                "states": {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
                           for s in optuna.trial.TrialState}}
