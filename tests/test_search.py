@@ -129,3 +129,16 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
     record = json.loads(registered[0].read_text())
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(record["name"], "champion")
     assert version.tags["onnx_parity"] == "passed"
+
+
+def test_multi_objective_mode_keeps_a_pareto_front(search_config, mnist_small):
+    from cnnlab.search import best_trials
+
+    config = search_config("search.multi_objective=true", "search.n_trials=3")
+    study = run_search(config, mnist_small)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    front = best_trials(study)
+    assert front and all(len(t.values) == 2 for t in study.best_trials)
+    by_parameters = sorted(front, key=lambda t: t["parameters"])
+    accuracies = [t["val_accuracy"] for t in by_parameters]
+    assert accuracies == sorted(accuracies)  # on the front, more parameters only for more accuracy
