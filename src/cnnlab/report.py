@@ -218,6 +218,23 @@ def _search_title(summary: dict) -> str:
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed")
 
 
+def _axes_with_strip():
+    """A main axis over a thin strip that shares its x axis (for trials cut without a score)."""
+    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5),
+                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.06})
+    return fig, ax, strip
+
+
+def _scatter_pruned_with_accuracy(ax, trials: list[dict], x_key: str) -> list[dict]:
+    """Pruned trials as hollow markers at the accuracy Optuna kept when it cut them; returns them."""
+    scored = [t for t in trials if t.get("state") == "PRUNED" and _finite(t.get("val_accuracy")) is not None
+              and _finite(t.get(x_key)) is not None]
+    if scored:
+        ax.scatter([t[x_key] for t in scored], [t["val_accuracy"] for t in scored], s=28,
+                   facecolors="none", edgecolors="tab:orange", label="pruned (accuracy when cut)")
+    return scored
+
+
 def plot_search_history(summary: dict, path: Path) -> Path:
     """Validation accuracy by trial number: complete trials as dots with the best-so-far line, pruned
     trials as hollow markers at the accuracy they had when cut (when Optuna kept one), and a strip
@@ -226,12 +243,8 @@ def plot_search_history(summary: dict, path: Path) -> Path:
     numbered = [t for t in summary.get("trials") or [] if _finite(t.get("number")) is not None]
     complete = [t for t in _complete_trials(summary) if _finite(t.get("number")) is not None]
     cut = [(kind, float(t["number"])) for t in numbered if (kind := _cut_kind(t, budget))]
-    pruned_scored = [t for t in numbered if t.get("state") == "PRUNED" and _finite(t.get("val_accuracy")) is not None]
-    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5),
-                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.06})
-    if pruned_scored:
-        ax.scatter([t["number"] for t in pruned_scored], [t["val_accuracy"] for t in pruned_scored], s=28,
-                   facecolors="none", edgecolors="tab:orange", label="pruned (accuracy when cut)")
+    fig, ax, strip = _axes_with_strip()
+    _scatter_pruned_with_accuracy(ax, numbered, "number")
     if complete:
         numbers = [t["number"] for t in complete]
         accuracies = [t["val_accuracy"] for t in complete]
@@ -262,15 +275,10 @@ def plot_accuracy_vs_parameters(summary: dict, path: Path) -> Path:
     budget = _finite(summary.get("param_budget"))
     trials = summary.get("trials") or []
     complete = [t for t in _complete_trials(summary) if _finite(t.get("parameters")) is not None]
-    pruned_scored = [t for t in trials if t.get("state") == "PRUNED" and _finite(t.get("val_accuracy")) is not None
-                     and _finite(t.get("parameters")) is not None]
     cut = [(kind, float(t["parameters"])) for t in trials
            if (kind := _cut_kind(t, budget)) and _finite(t.get("parameters")) is not None]
-    fig, (ax, strip) = plt.subplots(2, 1, sharex=True, figsize=(9, 5.5),
-                                    gridspec_kw={"height_ratios": [4, 1], "hspace": 0.06})
-    if pruned_scored:
-        ax.scatter([t["parameters"] for t in pruned_scored], [t["val_accuracy"] for t in pruned_scored], s=28,
-                   facecolors="none", edgecolors="tab:orange", label="pruned (accuracy when cut)")
+    fig, ax, strip = _axes_with_strip()
+    pruned_scored = _scatter_pruned_with_accuracy(ax, trials, "parameters")
     if complete:
         points = [(t["parameters"], t["val_accuracy"]) for t in complete]
         front = [complete[i] for i in _pareto_front(points)]
