@@ -17,6 +17,9 @@ EXPECTED_PARAMETERS = {
     # residual pre-activation 32-64-128, 2 convs/block, BN (bias-free convs): stem 864 + blocks
     # 18,560 (2 BN-conv) + 57,536 (+ 1x1 projection) + 229,760 + final BN 256 + linear 1,290
     "search_cnn": 308_266,
+    # stem 928 + 16 MBConv blocks 2,957,920 + head conv/BN 412,160 + linear 1,281,000 = the
+    # ImageNet state dict's parameter count (tests/test_efficientnet.py checks the two agree)
+    "efficientnet_lite0": 4_652_008,
 }
 
 

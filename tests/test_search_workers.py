@@ -47,6 +47,17 @@ def worker(tmp_path: Path, study: str, storage: str, tracking_uri: str, n_trials
                             start_new_session=True)
 
 
+@pytest.fixture
+def study_name(postgres_url):
+    """A fresh study name; the study is deleted afterwards so the shared database stays clean."""
+    name = f"cnnlab-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=postgres_url)
+    except KeyError:
+        pass
+
+
 def prepared(tmp_path, datasets_dir):
     args = [sys.executable, "-m", "cnnlab.cli", "prepare", "--params", str(PROJECT_ROOT / "params.yaml"),
             "-S", f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}"]
@@ -56,11 +67,11 @@ def prepared(tmp_path, datasets_dir):
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path, postgres_url, tracking_uri,
-                                                                        datasets_dir):
+                                                                        datasets_dir, study_name):
     from mlflow import MlflowClient
 
     prepared(tmp_path, datasets_dir)
-    study = f"workers-{uuid.uuid4().hex[:8]}"
+    study = study_name
     first = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
     time.sleep(8)  # the first worker creates the study and its parent run
     second = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
@@ -80,9 +91,9 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri, datasets_dir):
+def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri, datasets_dir, study_name):
     prepared(tmp_path, datasets_dir)
-    study = f"killed-{uuid.uuid4().hex[:8]}"
+    study = study_name
     storage = optuna.storages.RDBStorage(postgres_url)
     victim = worker(tmp_path, study, postgres_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
                     "search.trial_train_subset=3000", "search.trial_epochs=3")
