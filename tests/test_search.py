@@ -82,7 +82,7 @@ def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, trackin
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(search_config, mnist_small):
-    config = search_config("search.space.optimizers=[sgd]", "search.space.lr=[1000000.0, 1000000.0]",
+    config = search_config("search.space.optimizers=[adam]", "search.space.lr=[1000000.0, 1000000.0]",
                            "search.space.block_styles=[plain]", "search.space.batch_norm=[false]")
     run_search(config, mnist_small)
     trials = trials_of(config)

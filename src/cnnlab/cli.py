@@ -164,12 +164,12 @@ def cmd_train(config: Config, args) -> None:
 
 
 def log_model(tracker, best_path: Path, data) -> str:
+    import torch
+
     from .checkpoint import inference_model, load_checkpoint
 
     module = inference_model(load_checkpoint(best_path))
     example = data.x_val[:4].float() / 255.0
-    import torch
-
     with torch.no_grad():
         output = module(example).numpy()
     return tracker.log_pytorch_model(module, example.numpy(), output)

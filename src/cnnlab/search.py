@@ -23,8 +23,8 @@ from typing import Any
 
 import optuna
 import torch
-from sklearn.model_selection import train_test_split
 
+from .analysis import stratified_sample
 from .config import Config, ModelConfig, SearchConfig, SearchSpaceConfig
 from .data import PreparedData
 from .models.searchable import count_for, fit_to_budget
@@ -114,11 +114,10 @@ def open_study(search: SearchConfig) -> optuna.Study:
 
 
 def trial_subset(data: PreparedData, size: int, seed: int) -> PreparedData:
+    """A stratified share of the training split: the cheap fidelity trials train on."""
     if not size or size >= len(data.y_train):
         return data
-    keep, _ = train_test_split(torch.arange(len(data.y_train)).numpy(), train_size=size,
-                               stratify=data.y_train.numpy(), random_state=seed)
-    keep = torch.from_numpy(keep)
+    keep = torch.from_numpy(stratified_sample(data.y_train, size, seed))
     return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 

@@ -222,10 +222,11 @@ def reopen_run(config: Config, run_info_path: Path) -> RunTracker:
 def register_model(tracker: RunTracker, model_uri: str, name: str, alias: str, score_key: str,
                    score: float, tags: dict[str, str]) -> dict[str, Any]:
     """Register a new version; move ``alias`` to it unless the current holder scores higher."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    version = tracker._mlflow.register_model(model_uri, name, tags={**tags, score_key: str(score)})
+    version = mlflow.register_model(model_uri, name, tags={**tags, score_key: str(score)})
     try:
         holder = client.get_model_version_by_alias(name, alias)
         holder_score = float(holder.tags.get(score_key, "nan"))

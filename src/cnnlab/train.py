@@ -161,8 +161,13 @@ def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, b
     return torch.cat(logits), torch.cat(features)
 
 
+# Cross-entropy starts near ln(classes) (2.3 for 10); a loss a million times that means the
+# logits have blown up even if fp32 has not overflowed to inf yet.
+DIVERGED_LOSS = 1e6
+
+
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig, last_path: Path) -> None:
-    if not torch.isfinite(loss):
+    if not torch.isfinite(loss) or loss.item() > DIVERGED_LOSS:
         kept = f"the last good checkpoint is kept at {last_path}" if last_path.exists() else "no checkpoint yet"
         raise TrainingDiverged(
             f"loss became {loss.item()} at epoch {epoch}, batch {step} (optimizer {cfg.optimizer}, lr {cfg.lr}); "
