@@ -1,7 +1,6 @@
 """The CLI end to end on small real data, read back through MlflowClient."""
 
 import json
-import os
 
 import pytest
 from mlflow import MlflowClient

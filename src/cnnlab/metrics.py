@@ -15,11 +15,6 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def row_normalize(matrix: torch.Tensor) -> torch.Tensor:
-    rows = matrix.sum(1, keepdim=True).clamp_min(1)
-    return matrix.double() / rows
-
-
 def most_confused_pairs(matrix: torch.Tensor, classes: list[str], top: int = 10) -> list[dict]:
     """Off-diagonal cells, largest first: (true class, predicted class, count)."""
     off = matrix.clone()

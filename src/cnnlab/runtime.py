@@ -41,10 +41,6 @@ class Runtime:
     bf16: bool  # autocast to bfloat16 in the forward pass
     channels_last: bool
 
-    @property
-    def autocast_dtype(self) -> torch.dtype:
-        return torch.bfloat16
-
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +47,6 @@ class FitResult:
     runtime: str
     best_path: Path
     last_path: Path
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchTransform:
