@@ -47,7 +47,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 
 def test_unknown_dataset_lists_registered_names(tmp_path):
-    with pytest.raises(DatasetError, match="registered: alien_vs_predator, cifar10, fashion_mnist, mnist, svhn"):
+    with pytest.raises(DatasetError, match="registered: alien_vs_predator, caltech101, cifar10, fashion_mnist, mnist, svhn"):
         load_raw("imagenet", context(tmp_path))
 
 

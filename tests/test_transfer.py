@@ -216,3 +216,75 @@ def test_linear_separability_of_two_clusters_draws_a_line_between_them():
     assert "line" not in linear_separability(points, np.repeat([0, 1, 2, 3], 50))
     assert evenly_spaced(list("abcdefghij"), 4) == ["a", "d", "g", "j"]
     assert evenly_spaced(list("abc"), 0) == ["a", "b", "c"]
+
+
+def test_config_choices_match_what_the_code_implements():
+    import typing
+
+    from cnnlab.augment import PIPELINES
+    from cnnlab.config import AugmentConfig
+    from cnnlab.transfer import frozen_layer_indices
+
+    assert set(typing.get_args(typing.get_type_hints(AugmentConfig)["pipeline"])) == set(PIPELINES)
+    layers = network_layers(create_model("simple_cnn"))
+    for name in typing.get_args(typing.get_type_hints(TransferConfig)["policy"]):
+        frozen_layer_indices(layers, policy(name, 1))  # every policy in params is one the code knows
+
+
+def test_transfer_experiments_resolve_like_experiments_and_names_stay_unique(tmp_path):
+    from cnnlab.config import ConfigError, load_config
+
+    from .conftest import PROJECT_ROOT
+
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e8_last_layer"])
+    assert config.transfer.policy == "last_layer" and config.model.kwargs == {"pretrained": True}
+    assert config.reference["group"] == "e8" and config.data.image_size == 224
+    clash = tmp_path / "params.yaml"
+    clash.write_text("experiments: {a: {train: {epochs: 1}}}\ntransfer_experiments: {a: {train: {epochs: 2}}}\n")
+    with pytest.raises(ConfigError, match="'a' is defined in both experiments and transfer_experiments"):
+        load_config(clash)
+
+
+def test_freeze_sweep_runs_every_k_and_scratch(tiny_config, mnist_small, tmp_path):
+    import argparse
+    import json
+
+    from cnnlab.cli import cmd_freeze_sweep
+
+    model = {"name": "search_cnn", "kwargs": {k: v for k, v in PLAIN_BN.items() if k != "in_channels"}}
+    pre = fit(with_sections(dataclasses.replace(tiny_config, experiment="pre"), model=model), mnist_small)
+    sweep_config = with_sections(
+        dataclasses.replace(tiny_config, experiment="sweep"), model=model,
+        data={"classes": ["0", "9"], "train_subset": 100}, train={"batch_size": 50},
+        transfer={"init_from": str(pre.best_path), "sweep_k": [0, 5]})
+    cmd_freeze_sweep(sweep_config, argparse.Namespace())
+    sweep = json.loads((tmp_path / "outputs" / "sweep" / "freeze_sweep.json").read_text())
+    assert [r["freeze_k"] for r in sweep["runs"]] == [0, 5] and sweep["layers"] == 6
+    by_k = {r["freeze_k"]: r for r in sweep["runs"]}
+    assert by_k[5]["trainable_parameters"] == 34  # only the 16 -> 2 head
+    assert by_k[0]["frozen_parameters"] == 0 and by_k[5]["frozen_parameters"] > 0
+    assert 0 <= sweep["scratch_test_accuracy"] <= 1 and sweep["train_samples"] == 100
+    assert (tmp_path / "outputs" / "sweep" / "freeze_sweep.png").stat().st_size > 10_000
+
+
+def test_separability_command_gathers_a_group_into_one_figure(tmp_path):
+    import json
+
+    from cnnlab.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"outputs_dir: {tmp_path / 'outputs'}\ntransfer_experiments:\n"
+                      "  g_a: {reference: {group: g}}\n  g_b: {reference: {group: g}}\n  other: {}\n")
+    rng = np.random.default_rng(0)
+    for name, spread in (("g_a", 0.5), ("g_b", 4.0)):
+        folder = tmp_path / "outputs" / name
+        folder.mkdir(parents=True)
+        points = np.concatenate([rng.normal(-2, spread, (60, 2)), rng.normal(2, spread, (60, 2))])
+        np.savez(folder / "analysis.npz", tsne_intermediate=points, tsne_labels=np.repeat([0, 1], 60))
+        (folder / "eval.json").write_text(json.dumps({"test_accuracy": 0.9, "classes": ["alien", "predator"]}))
+    assert main(["separability", "--params", str(params), "--group", "g"]) == 0
+    rows = {r["experiment"]: r for r in json.loads((tmp_path / "outputs" / "g" / "separability.json").read_text())}
+    assert set(rows) == {"g_a", "g_b"}
+    assert rows["g_a"]["tsne_linear_accuracy"] > rows["g_b"]["tsne_linear_accuracy"]  # tighter clusters separate
+    assert (tmp_path / "outputs" / "g" / "tsne_separability.png").exists()
+    assert main(["separability", "--params", str(params), "--group", "nope"]) == 2

@@ -94,9 +94,6 @@ class TrainConfig:
     progress: bool = True
 
 
-TRANSFER_POLICIES = ("train_all", "scratch", "svm", "last_layer", "freeze_conv", "freeze_fc", "freeze_first_k")
-
-
 @dataclass
 class TransferConfig:
     """Which layers train and where the weights start (cnnlab.transfer). Pretrained weights come
