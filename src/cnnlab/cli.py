@@ -209,7 +209,8 @@ def cmd_evaluate(config: Config, args) -> None:
     summary = classification_summary(logits, data.y_test, payload["classes"])
     report = {"test_accuracy": summary["accuracy"], "test_loss": summary["loss"],
               "test_errors": summary["errors"], "test_samples": summary["samples"],
-              "best_epoch": payload["epoch"], "parameters": payload["parameters"],
+              "best_epoch": payload["epoch"], "parameters": payload.get("total_parameters", payload["parameters"]),
+              "trainable_parameters": payload["parameters"],
               "most_confused": summary["most_confused"], "per_class_accuracy": summary["per_class_accuracy"],
               "confusion_matrix": summary["confusion_matrix"], "classes": payload["classes"]}
     write_json(paths.eval, report)
@@ -329,6 +330,11 @@ def render_report(config: Config, paths: Paths, history, evaluation, layers, fig
         f"- test accuracy **{evaluation['test_accuracy']:.4f}** ({evaluation['test_errors']} errors of "
         f"{evaluation['test_samples']}) from the best-validation checkpoint",
     ]
+    if train.get("transfer_plan"):
+        lines.append(f"- transfer: {train['transfer_plan']} ({train.get('frozen_parameters', 0):,d} parameters frozen)")
+    if "train_val_accuracy_gap" in train:
+        lines.append(f"- train − val at the best epoch: accuracy {train['train_val_accuracy_gap']:+.4f}, "
+                     f"loss (val − train) {train['train_val_loss_gap']:+.4f}")
     if reference is not None:
         lines.append(f"- catalogue reference: {reference:.4f} ({config.reference.get('source', '')})")
     lines += ["", "## Most confused pairs", "", "| true | predicted | count |", "| --- | --- | ---: |"]

@@ -276,7 +276,8 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         return {"config": config.to_dict(), "model_name": model_name, "model_kwargs": model_kwargs,
                 "state_dict": model.state_dict(), "epoch": epoch, "classes": data.classes,
                 "input_shape": list(data.input_shape), "normalization": {"mean": data.mean, "std": data.std},
-                "parameters": parameters, "data_sha256": data.provenance.get("content_sha256", ""),
+                "parameters": parameters, "total_parameters": count_parameters(model, trainable_only=False),
+                "data_sha256": data.provenance.get("content_sha256", ""),
                 "transfer": transfer, **extra}
 
     started = time.perf_counter()
