@@ -140,3 +140,12 @@ def test_pretrained_needs_rgb_and_weights_path_needs_pretrained():
         create_model("efficientnet_lite0", pretrained=True, in_channels=1)
     with pytest.raises(ValueError, match="only with pretrained=True"):
         create_model("efficientnet_lite0", weights_path="x.pth")
+
+
+def test_batch_norm_momentum_is_tf_like_when_pretrained_and_pytorch_like_from_scratch():
+    """From scratch, TF's slow momentum leaves running statistics far behind a short run's weights."""
+    def momenta(model):
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+    assert momenta(create_model("efficientnet_lite0", num_classes=2)) == {0.1}
+    assert momenta(create_model("efficientnet_lite0", num_classes=2, pretrained=True)) == {0.01}
