@@ -58,9 +58,10 @@ def baseline_images_per_second(mnist_root: Path, images: int) -> float:
 
 def cnnlab_images_per_second(data, workdir: Path) -> tuple[float, str]:
     config = load_config(ROOT / "params.yaml", [
-        "train.epochs=1", "train.progress=false", f"models_dir={workdir / 'models'}"])
+        "train.epochs=2", "train.progress=false", f"models_dir={workdir / 'models'}"])
     result = fit(config, data)
-    return result.history[0]["train_images_per_second"], result.runtime
+    # The second epoch: the first pays oneDNN's kernel set-up, as the baseline's skipped first steps do.
+    return result.history[-1]["train_images_per_second"], result.runtime
 
 
 def main() -> int:

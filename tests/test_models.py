@@ -74,3 +74,36 @@ def test_unknown_model_lists_valid_names():
 def test_unknown_argument_lists_valid_ones():
     with pytest.raises(ModelError, match="takes no argument width.*valid: in_channels"):
         create_model("simple_cnn", width=3)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_fast_dropout_keeps_the_expected_fraction_and_scale(p):
+    from cnnlab.models.layers import Dropout
+
+    layer = Dropout(p).train()
+    x = torch.ones(200_000)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    assert abs(y.mean().item() - 1.0) < 0.02  # unbiased, like nn.Dropout
+
+
+def test_fast_dropout_is_identity_in_eval_and_routes_gradients_through_kept_units():
+    from cnnlab.models.layers import Dropout
+
+    layer = Dropout(0.5)
+    x = torch.randn(64, 32, requires_grad=True)
+    assert torch.equal(layer.eval()(x), x)
+    y = layer.train()(x)
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, y != 0)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_simple_cnn_pools_before_the_relu_without_changing_the_function():
+    model = create_model("simple_cnn").eval()
+    x = torch.randn(8, 1, 28, 28)
+    reference = model.pool(torch.relu(model.conv2(torch.relu(model.conv1(x))))).flatten(1)
+    reference = model.fc2(torch.relu(model.fc1(reference)))
+    assert torch.allclose(model(x)[0], reference, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import Dropout
 from .registry import register_model
 
 
@@ -21,8 +22,8 @@ class ReducedAlexNet(nn.Module):
             nn.Conv2d(192, 128, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(512, 2048), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(2048, 2048), nn.ReLU(),
+            Dropout(dropout), nn.Linear(512, 2048), nn.ReLU(),
+            Dropout(dropout), nn.Linear(2048, 2048), nn.ReLU(),
             nn.Linear(2048, num_classes),
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .layers import Dropout
 from .registry import register_model
 
 # The TF reference's batch-norm settings (lukemelas: batch_norm_epsilon=1e-3, momentum 0.99 in
@@ -89,7 +90,7 @@ class EfficientNetLite(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBNReLU6(prev, HEAD_CHANNELS, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layers import Dropout
 from .registry import count_parameters, create_model, register_model
 
 BLOCK_STYLES = ("plain", "residual", "inception")
@@ -147,7 +148,7 @@ class SearchCNN(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.hidden = nn.Sequential(nn.Linear(previous, head_width), nn.ReLU()) if head_width else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(head_width or previous, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
