@@ -254,7 +254,8 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
     plan = apply_policy(model, config.transfer)
     transfer["plan"] = plan.describe()
     transfer["frozen_parameters"] = plan.frozen_parameters
-    print(f"transfer: {plan.describe()}", flush=True)
+    if plan.frozen or transfer.get("init_from") or config.transfer.policy != "train_all":
+        print(f"transfer: {plan.describe()}", flush=True)  # silent for ordinary training
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -229,16 +229,28 @@ def alexnet(num_classes: int = 1000, pretrained: bool = False, weights_path: str
     return model
 
 
+def build_resnet(name: str, num_classes: int, pretrained: bool, weights_path: str, weights_sha256: str,
+                 in_channels: int) -> nn.Module:
+    builder, weights = _RESNETS[name]
+    check_arguments(name, pretrained, weights_path, weights_sha256, in_channels)
+    model = TorchvisionResNet(builder, num_classes, in_channels)
+    if pretrained:
+        with_pretrained(model, name, weights, weights_path, weights_sha256)
+    return model
+
+
+_RESNETS = {
+    "resnet18": (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1),
+    "resnet50": (torchvision.models.resnet50, ResNet50_Weights.IMAGENET1K_V2),
+}
+
+
 @register_model("resnet18", input_shape=(3, 64, 64), num_classes=1000)
 def resnet18(num_classes: int = 1000, pretrained: bool = False, weights_path: str = "", weights_sha256: str = "",
              in_channels: int = 3, image_size: int = 224) -> nn.Module:
     """ResNet-18 (torchvision, 11.7M params): 512-d pooled features; ImageNet weights with pretrained=True."""
     del image_size
-    check_arguments("resnet18", pretrained, weights_path, weights_sha256, in_channels)
-    model = TorchvisionResNet(torchvision.models.resnet18, num_classes, in_channels)
-    if pretrained:
-        with_pretrained(model, "resnet18", ResNet18_Weights.IMAGENET1K_V1, weights_path, weights_sha256)
-    return model
+    return build_resnet("resnet18", num_classes, pretrained, weights_path, weights_sha256, in_channels)
 
 
 @register_model("resnet50", input_shape=(3, 64, 64), num_classes=1000)
@@ -246,8 +258,4 @@ def resnet50(num_classes: int = 1000, pretrained: bool = False, weights_path: st
              in_channels: int = 3, image_size: int = 224) -> nn.Module:
     """ResNet-50 (torchvision, 25.6M params): 2048-d pooled features; ImageNet weights with pretrained=True."""
     del image_size
-    check_arguments("resnet50", pretrained, weights_path, weights_sha256, in_channels)
-    model = TorchvisionResNet(torchvision.models.resnet50, num_classes, in_channels)
-    if pretrained:
-        with_pretrained(model, "resnet50", ResNet50_Weights.IMAGENET1K_V2, weights_path, weights_sha256)
-    return model
+    return build_resnet("resnet50", num_classes, pretrained, weights_path, weights_sha256, in_channels)
