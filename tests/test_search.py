@@ -142,3 +142,34 @@ def test_multi_objective_mode_keeps_a_pareto_front(search_config, mnist_small):
     by_parameters = sorted(front, key=lambda t: t["parameters"])
     accuracies = [t["val_accuracy"] for t in by_parameters]
     assert accuracies == sorted(accuracies)  # on the front, more parameters only for more accuracy
+
+
+CANDIDATE = ("{stages: 2, block_style: residual, width_0: 16, width_1: 16, convs_per_block: 1, batch_norm: true,"
+             " pooling: max, head_width: 0, dropout: 0.0, preactivation: true, optimizer: adam, lr: 0.002,"
+             " batch_size: 256}")
+
+
+def test_enqueued_candidates_run_first_and_once(search_config, mnist_small):
+    config = search_config(f"search.enqueue=[{CANDIDATE}]", "search.n_trials=2")
+    run_search(config, mnist_small)
+    first = trials_of(config)[0]
+    assert first.params["block_style"] == "residual" and first.params["lr"] == 0.002
+    assert first.user_attrs["model_kwargs"]["widths"] == [16, 16]
+    run_search(search_config(f"search.enqueue=[{CANDIDATE}]", "search.n_trials=3"), mnist_small)
+    trials = trials_of(config)
+    assert len(trials) == 3
+    assert sum(t.params == first.params for t in trials) == 1  # resuming did not enqueue it again
+
+
+@pytest.mark.parametrize("candidate, message", [
+    ("{block_stlye: residual}", "unknown parameter 'block_stlye'.*search space names"),
+    ("{batch_size: 64}", r"batch_size=64 is outside the search space \(one of \[256\]\)"),
+    ("{lr: 0.5}", r"lr=0.5 is outside the search space \(in \[0.001, 0.003\]\)"),
+])
+def test_an_enqueued_candidate_outside_the_space_is_a_config_error(search_config, mnist_small, candidate, message):
+    from cnnlab.config import ConfigError
+
+    config = search_config(f"search.enqueue=[{candidate}]")
+    with pytest.raises(ConfigError, match=message):
+        run_search(config, mnist_small)
+    assert trials_of(config) == []  # nothing ran

@@ -167,6 +167,9 @@ class SearchConfig:
     trial_train_subset: int = 10000  # stratified training images per trial; 0 = all
     heartbeat_seconds: int = 60  # RDB storages: a silent worker's trial is failed and retried
     max_retry: int = 2
+    # Known-good candidates tried before the sampler's own (Optuna parameter names, as
+    # `suggest` names them); one already in the study is not enqueued again.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
 
 

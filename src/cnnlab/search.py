@@ -25,7 +25,7 @@ import optuna
 import torch
 
 from .analysis import stratified_sample
-from .config import Config, ModelConfig, SearchConfig, SearchSpaceConfig
+from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig
 from .data import PreparedData
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
@@ -63,6 +63,40 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
         "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
     }
     return model, training
+
+
+def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
+    """Each name `suggest` can draw, with ("choice", options) or ("range", [low, high])."""
+    domains: dict[str, tuple[str, list[Any]]] = {
+        "stages": ("range", space.stages), "convs_per_block": ("range", space.convs_per_block),
+        "dropout": ("range", space.dropout), "lr": ("range", space.lr),
+        "block_style": ("choice", space.block_styles), "batch_norm": ("choice", space.batch_norm),
+        "pooling": ("choice", space.pooling), "head_width": ("choice", space.head_widths),
+        "preactivation": ("choice", space.preactivation), "optimizer": ("choice", space.optimizers),
+        "batch_size": ("choice", space.batch_sizes),
+    }
+    domains.update({f"width_{i}": ("choice", space.widths) for i in range(space.stages[1])})
+    return domains
+
+
+def enqueue_candidates(study: optuna.Study, search: SearchConfig) -> None:
+    """Put search.enqueue's candidates first in line, once per study (resumptions and workers skip them).
+
+    Checked against the space here: Optuna itself would only fail the trial once it started.
+    """
+    domains = space_domains(search.space)
+    for i, params in enumerate(search.enqueue):
+        for name, value in params.items():
+            if name not in domains:
+                raise ConfigError(f"search.enqueue[{i}]: unknown parameter {name!r}; "
+                                  f"the search space names {', '.join(sorted(domains))}")
+            kind, domain = domains[name]
+            inside = value in domain if kind == "choice" else domain[0] <= value <= domain[1]
+            if not inside:
+                where = f"one of {domain}" if kind == "choice" else f"in [{domain[0]}, {domain[1]}]"
+                raise ConfigError(f"search.enqueue[{i}].{name}={value!r} is outside the search space ({where}); "
+                                  f"change the candidate or widen search.space")
+        study.enqueue_trial(params, skip_if_exists=True)
 
 
 def fit_budget(model_kwargs: dict[str, Any], search: SearchConfig) -> tuple[dict[str, Any], int]:
@@ -210,6 +244,7 @@ def run_search(config: Config, data: PreparedData) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
     search = config.search
     study = open_study(search)
+    enqueue_candidates(study, search)
     parent_run_id = ensure_parent_run(study, config)
     remaining = search.n_trials - finished_trials(study)
     if remaining <= 0:
