@@ -27,7 +27,7 @@ def search_config(tmp_path, tracking_uri):
             f"tracking.uri={tracking_uri}", f"tracking.experiment=search-test-{tmp_path.name}",
             f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=s-{tmp_path.name}",
             "search.trial_epochs=1", "search.trial_train_subset=600", "search.n_trials=2",
-            "train.eval_batch_size=2000", *TINY_SPACE, *overrides,
+            "train.eval_batch_size=2000", "search.enqueue=[]", *TINY_SPACE, *overrides,
         ])
     return make
 
@@ -64,6 +64,8 @@ def test_resume_continues_the_same_study(search_config, mnist_small):
     trials = trials_of(first)
     assert len(trials) == 2
     assert trials[0].number == before.number and trials[0].value == before.value
+    # A fresh process must not replay the seeded sampler's first draws (a duplicate trial).
+    assert trials[1].params["lr"] != trials[0].params["lr"]
     run_search(search_config("search.n_trials=2"), mnist_small)  # already done: no new trial
     assert len(trials_of(first)) == 2
 
@@ -110,7 +112,7 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
             f"outputs_dir={config.outputs_dir}", f"tracking.uri={tracking_uri}",
             f"tracking.experiment={config.tracking.experiment}", f"search.storage={config.search.storage}",
             f"search.study={config.search.study}", "search.trial_epochs=1", "search.trial_train_subset=600",
-            "search.n_trials=2", *TINY_SPACE, *overrides]
+            "search.n_trials=2", "search.enqueue=[]", *TINY_SPACE, *overrides]
     assert main(["search", *args]) == 0
     assert main(["search-report", *args]) == 0
     study_dir = tmp_path / "outputs" / config.search.study

@@ -95,7 +95,7 @@ def enqueue_candidates(study: optuna.Study, search: SearchConfig) -> None:
             if not inside:
                 where = f"one of {domain}" if kind == "choice" else f"in [{domain[0]}, {domain[1]}]"
                 raise ConfigError(f"search.enqueue[{i}].{name}={value!r} is outside the search space ({where}); "
-                                  f"change the candidate or widen search.space")
+                                  f"change the candidate, widen search.space, or drop it (search.enqueue=[])")
         study.enqueue_trial(params, skip_if_exists=True)
 
 
@@ -140,11 +140,14 @@ def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
 
 def open_study(search: SearchConfig) -> optuna.Study:
     directions = ["maximize", "minimize"] if search.multi_objective else ["maximize"]
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=search.study, storage=resolve_storage(search.storage, search), load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=search.sampler_seed), pruner=make_pruner(search),
-        directions=directions,
+        pruner=make_pruner(search), directions=directions,
     )
+    # Offset the seed by the trials already there: a resumed or later-started worker with the
+    # plain seed would replay the first run's random start-up draws as duplicate trials.
+    study.sampler = optuna.samplers.TPESampler(seed=search.sampler_seed + len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def trial_subset(data: PreparedData, size: int, seed: int) -> PreparedData:
