@@ -27,6 +27,16 @@ def test_group_table_is_sorted_best_first_with_deltas():
     assert "| a | 96.00 | -2.50 |" in sweep and "| b | 98.50 | +0.00 |" in sweep
 
 
+def test_a_group_spanning_two_datasets_gets_one_table_each():
+    rows = [Row(name, dataset, "test_accuracy", None, mean, None, 1, 1000, 10.0, "", "", "l2")
+            for name, dataset, mean in (("m1", "mnist", 0.98), ("m2", "mnist", 0.97),
+                                        ("c1", "cifar10", 0.70), ("c2", "cifar10", 0.60))]
+    table = format_markdown(rows, 0.005)
+    cifar = table.split("**l2** on cifar10")[1].split("**l2** on mnist")[0]
+    assert "| c1 | 70.00 | +0.00 |" in cifar and "| c2 | 60.00 | -10.00 |" in cifar
+    assert "| m1 | 98.00 | +0.00 |" in table.split("**l2** on mnist")[1]
+
+
 def test_compare_and_seeds_commands(tmp_path, datasets_dir, tracking_uri, capsys):
     common = ["--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={tmp_path / 'models'}",
               f"outputs_dir={tmp_path / 'outputs'}", f"data.prepared_dir={tmp_path / 'prepared'}",
@@ -50,3 +60,19 @@ def test_compare_and_seeds_commands(tmp_path, datasets_dir, tracking_uri, capsys
     assert "no results" in rows["e2_cifar10_alexnet"]["note"]
     assert rows["e4_base"]["dataset"] == "cifar10"
     assert "not run:" in (tmp_path / "outputs" / "comparison.md").read_text()
+
+
+def test_a_search_row_reports_its_retrained_winner(tmp_path):
+    from cnnlab.compare import experiment_row
+    from cnnlab.config import load_config
+
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e5_search", f"outputs_dir={tmp_path}"])
+    assert experiment_row(config, 0.005, lambda _: "").verdict == "not run"
+    winner = tmp_path / f"{config.search.study}_winner"
+    winner.mkdir()
+    (winner / "seeds.json").write_text(json.dumps({
+        "test_accuracy_mean": 0.9, "test_accuracy_std": 0.002, "wall_seconds_mean": 100.0, "parameters": 149_000,
+        "runs": [{"seed": s} for s in (0, 1, 2)]}))
+    row = experiment_row(config, 0.005, lambda _: "")
+    assert (row.mean, row.std, row.runs, row.parameters) == (0.9, 0.002, 3, 149_000)
+    assert "search winner retrained" in row.note and "reference is svhn" in row.note

@@ -54,6 +54,11 @@ def experiment_row(config: Config, tolerance: float, why_missing: Callable[[str]
     seeds, evaluation, train = _read(out / "seeds.json"), _read(out / "eval.json"), _read(out / "train_metrics.json")
     ref_dataset = config.reference.get("dataset", config.data.name)
     note = f"ran on {config.data.name}; reference is {ref_dataset}" if ref_dataset != config.data.name else ""
+    # A search's result is its winner retrained with every seed (`cnnlab retrain-best`).
+    winner = _read(out.parent / f"{config.search.study}_winner" / "seeds.json")
+    if config.experiment == config.search.study and winner and not seeds:
+        seeds = winner
+        note = (note + "; " if note else "") + "search winner retrained"
     if seeds:
         mean, std, runs = seeds["test_accuracy_mean"], seeds["test_accuracy_std"], len(seeds["runs"])
         wall = seeds["wall_seconds_mean"]
@@ -89,12 +94,15 @@ def format_markdown(rows: list[Row], tolerance: float) -> str:
                      f"{'—' if r.parameters is None else f'{r.parameters:,d}'} | "
                      f"{'—' if r.wall_seconds is None else f'{r.wall_seconds:.0f}'} | {verdict_text} | "
                      f"{r.note if r.mean is not None else ''} |")
-    for group in sorted({r.group for r in rows if r.group}):
-        members = sorted((r for r in rows if r.group == group and r.mean is not None), key=lambda r: -r.mean)
+    # One table per group and dataset: a group may hold the same study on MNIST and CIFAR-10,
+    # whose accuracies do not compare.
+    for group, dataset in sorted({(r.group, r.dataset) for r in rows if r.group}):
+        members = sorted((r for r in rows if (r.group, r.dataset) == (group, dataset) and r.mean is not None),
+                         key=lambda r: -r.mean)
         if len(members) < 2:
             continue
         best = members[0].mean
-        lines += ["", f"**{group}**, sorted best → worst (Δ against the best):", "",
+        lines += ["", f"**{group}** on {dataset}, sorted best → worst (Δ against the best):", "",
                   "| experiment | ours % | Δ pp | reference % |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {r.experiment} | {_pct(r.mean)} | {100 * (r.mean - best):+.2f} | {_pct(r.reference)} |"
                   for r in members]
