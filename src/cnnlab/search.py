@@ -91,7 +91,11 @@ def enqueue_candidates(study: optuna.Study, search: SearchConfig) -> None:
                 raise ConfigError(f"search.enqueue[{i}]: unknown parameter {name!r}; "
                                   f"the search space names {', '.join(sorted(domains))}")
             kind, domain = domains[name]
-            inside = value in domain if kind == "choice" else domain[0] <= value <= domain[1]
+            if kind == "choice":
+                inside = value in domain
+            else:
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                inside = number and domain[0] <= value <= domain[1]
             if not inside:
                 where = f"one of {domain}" if kind == "choice" else f"in [{domain[0]}, {domain[1]}]"
                 raise ConfigError(f"search.enqueue[{i}].{name}={value!r} is outside the search space ({where}); "
