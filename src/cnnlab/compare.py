@@ -55,10 +55,10 @@ def experiment_row(config: Config, tolerance: float, why_missing: Callable[[str]
     ref_dataset = config.reference.get("dataset", config.data.name)
     note = f"ran on {config.data.name}; reference is {ref_dataset}" if ref_dataset != config.data.name else ""
     # A search's result is its winner retrained with every seed (`cnnlab retrain-best`).
-    winner = _read(out.parent / f"{config.search.study}_winner" / "seeds.json")
-    if config.experiment == config.search.study and winner and not seeds:
-        seeds = winner
-        note = (note + "; " if note else "") + "search winner retrained"
+    if config.experiment == config.search.study and not seeds:
+        seeds = _read(out.parent / f"{config.search.study}_winner" / "seeds.json")
+        if seeds:
+            note = (note + "; " if note else "") + "search winner retrained"
     if seeds:
         mean, std, runs = seeds["test_accuracy_mean"], seeds["test_accuracy_std"], len(seeds["runs"])
         wall = seeds["wall_seconds_mean"]
