@@ -48,21 +48,32 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-class InferenceModel(nn.Module):
-    """Pixels in [0, 1] (N, C, H, W) -> logits: normalisation baked in, so a served or
-    exported model needs nothing but the image."""
+def checkpoint_tta(payload: dict[str, Any]) -> str:
+    """The checkpoint's ``train.tta``: evaluation and export apply what validation used."""
+    return payload.get("config", {}).get("train", {}).get("tta", "none")
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+
+class InferenceModel(nn.Module):
+    """Pixels in [0, 1] (N, C, H, W) -> logits: normalisation (and flip TTA, when the model was
+    trained with it) baked in, so a served or exported model needs nothing but the image and
+    scores what evaluation reported."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: str = "none"):
         super().__init__()
         self.model = model
+        self.hflip = tta == "hflip"
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.model((images - self.mean) / self.std)
+        x = (images - self.mean) / self.std
+        logits, _ = self.model(x)
+        if self.hflip:
+            logits = (logits + self.model(x.flip(3))[0]) / 2
         return logits
 
 
 def inference_model(payload: dict[str, Any]) -> InferenceModel:
     norm = payload["normalization"]
-    return InferenceModel(model_from_checkpoint(payload), norm["mean"], norm["std"]).eval()
+    return InferenceModel(model_from_checkpoint(payload), norm["mean"], norm["std"],
+                          checkpoint_tta(payload)).eval()

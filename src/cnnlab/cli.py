@@ -190,7 +190,7 @@ def log_model(tracker, best_path: Path, data) -> str:
 
 
 def cmd_evaluate(config: Config, args) -> None:
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint, checkpoint_tta
     from .data import load_view
     from .metrics import classification_summary
     from .runtime import resolve_runtime, set_threads
@@ -205,20 +205,25 @@ def cmd_evaluate(config: Config, args) -> None:
     model = model_from_checkpoint(payload).to(runtime.device)
     norm = payload["normalization"]
     transform = BatchTransform(norm["mean"], norm["std"], runtime)
-    logits, _ = predict(model, data.x_test, transform, config.train.eval_batch_size)
+    tta = checkpoint_tta(payload)
+    logits, _ = predict(model, data.x_test, transform, config.train.eval_batch_size, tta)
     summary = classification_summary(logits, data.y_test, payload["classes"])
     report = {"test_accuracy": summary["accuracy"], "test_loss": summary["loss"],
-              "test_errors": summary["errors"], "test_samples": summary["samples"],
+              "test_errors": summary["errors"], "test_samples": summary["samples"], "test_time_augmentation": tta,
               "best_epoch": payload["epoch"], "parameters": payload.get("total_parameters", payload["parameters"]),
               "trainable_parameters": payload["parameters"],
               "most_confused": summary["most_confused"], "per_class_accuracy": summary["per_class_accuracy"],
               "confusion_matrix": summary["confusion_matrix"], "classes": payload["classes"]}
+    if tta != "none":  # what TTA adds, measured on the same checkpoint
+        plain, _ = predict(model, data.x_test, transform, config.train.eval_batch_size)
+        report["test_accuracy_without_tta"] = (plain.argmax(1) == data.y_test).float().mean().item()
     write_json(paths.eval, report)
     predicted = logits.argmax(1).tolist()
     write_json(paths.predictions, [{"actual": payload["classes"][t], "predicted": payload["classes"][p]}
                                    for t, p in zip(data.y_test.tolist(), predicted)])
     tracker = reopen_run(config, paths.run_info)
-    tracker.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "test_errors")})
+    tracker.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "test_errors",
+                                                 "test_accuracy_without_tta") if k in report})
     tracker.log_artifact(paths.eval)
     print(f"test accuracy {report['test_accuracy']:.4f} ({report['test_errors']} errors of "
           f"{report['test_samples']}); most confused: "
@@ -230,7 +235,7 @@ def cmd_analyze(config: Config, args) -> None:
     import numpy as np
 
     from . import analysis
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint, checkpoint_tta
     from .data import load_view
     from .runtime import resolve_runtime, set_threads
     from .train import BatchTransform, predict
@@ -246,7 +251,8 @@ def cmd_analyze(config: Config, args) -> None:
 
     rows = analysis.layer_summary(model, tuple(payload["input_shape"]))
     write_json(paths.layers, rows)
-    logits, features = predict(model, data.x_test, transform, config.train.eval_batch_size)
+    logits, features = predict(model, data.x_test, transform, config.train.eval_batch_size,
+                               checkpoint_tta(payload))
     predicted = logits.argmax(1)
     sample = analysis.stratified_sample(data.y_test, min(settings.tsne_points, len(data.y_test)), settings.tsne_seed)
     started = time.perf_counter()

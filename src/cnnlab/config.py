@@ -92,6 +92,15 @@ class TrainConfig:
     hard_batch_mining: HardBatchMiningConfig = field(default_factory=HardBatchMiningConfig)
     resume_from: str = ""  # checkpoint to continue; epochs is then the new total
     progress: bool = True
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (0.1 = 10% spread over all classes)
+    # Test-time augmentation: hflip averages the logits of each image and its mirror image in
+    # validation, evaluation and the exported model alike. Only for flip-invariant classes
+    # (CIFAR-10, photographs), never digits.
+    tta: Literal["none", "hflip"] = "none"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: {self.label_smoothing} is not in [0, 1); 0.1 is the usual value")
 
 
 @dataclass

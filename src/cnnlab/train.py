@@ -159,13 +159,18 @@ def resolve_model_kwargs(name: str, kwargs: dict[str, Any], data: PreparedData) 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, batch_size: int):
-    """(logits, features) for every image, in float32 on the CPU."""
+def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, batch_size: int,
+            tta: str = "none"):
+    """(logits, features) for every image, in float32 on the CPU. ``tta="hflip"`` averages the
+    logits of each image and its mirror image (features stay those of the image itself)."""
     model.eval()
     logits, features = [], []
     for start in range(0, len(images), batch_size):
+        x = transform(images[start : start + batch_size], train=False)
         with transform.runtime.autocast():
-            out, feat = model(transform(images[start : start + batch_size], train=False))
+            out, feat = model(x)
+            if tta == "hflip":
+                out = (out.float() + model(x.flip(3))[0].float()) / 2
         logits.append(out.float().cpu())
         features.append(feat.float().cpu())
     return torch.cat(logits), torch.cat(features)
@@ -299,7 +304,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         labels = y_train[idx].to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits, _ = model(images)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -337,7 +342,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_batch:
             scheduler.step()
-        val_logits, _ = predict(model, data.x_val, transform, cfg.eval_batch_size)
+        val_logits, _ = predict(model, data.x_val, transform, cfg.eval_batch_size, cfg.tta)
         val_loss = F.cross_entropy(val_logits, data.y_val).item()
         val_accuracy = (val_logits.argmax(1) == data.y_val).float().mean().item()
         record = {
