@@ -176,3 +176,30 @@ def test_an_enqueued_candidate_outside_the_space_is_a_config_error(search_config
     with pytest.raises(ConfigError, match=message):
         run_search(config, mnist_small)
     assert trials_of(config) == []  # nothing ran
+
+
+def dashboard_get(app, path: str) -> tuple[str, dict]:
+    """One GET through optuna-dashboard's WSGI app, as its server would route it."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+    return status[0], json.loads(body)
+
+
+def test_optuna_dashboard_reads_the_study_storage(search_config, mnist_small):
+    """README: `optuna-dashboard <search.storage>` shows the study, its trials and their values."""
+    import optuna_dashboard  # the test extra installs it
+
+    config = search_config("search.n_trials=2")
+    run_search(config, mnist_small)
+    app = optuna_dashboard.wsgi(config.search.storage)
+    status, listing = dashboard_get(app, "/api/studies")
+    assert status.startswith("200")
+    (summary,) = [s for s in listing["study_summaries"] if s["study_name"] == config.search.study]
+    status, study = dashboard_get(app, f"/api/studies/{summary['study_id']}")
+    assert status.startswith("200")
+    assert [t["number"] for t in study["trials"]] == [t.number for t in trials_of(config)]
+    assert all(t["state"] == "Complete" and t["values"] for t in study["trials"])
