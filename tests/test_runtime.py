@@ -43,8 +43,12 @@ def test_tuned_allocator_reuses_freed_tensor_memory_instead_of_faulting_it_in_ag
     assert tuned < default / 5
 
 
-def test_set_threads_tunes_the_allocator_once_and_keeps_the_thread_count():
+def test_set_threads_tunes_the_allocator_and_sets_the_thread_count(monkeypatch):
+    import torch
+
     from cnnlab import runtime
 
-    assert runtime.set_threads(1) == 1
-    assert runtime.keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setattr(runtime, "_allocator_tuned", False)
+    threads = torch.get_num_threads()  # unchanged, so later tests keep their threads
+    assert runtime.set_threads(threads) == threads == torch.get_num_threads()
+    assert runtime._allocator_tuned == (platform.libc_ver()[0] == "glibc")  # set_threads did it

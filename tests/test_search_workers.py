@@ -95,8 +95,9 @@ def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri,
     prepared(tmp_path, datasets_dir)
     study = study_name
     storage = optuna.storages.RDBStorage(postgres_url)
-    # Its one trial must outlast the 2 s before the kill: 3 epochs of this tiny net on 3,000
-    # digits took under 2 s once the allocator kept freed memory, so 30 (only killed, never waited for).
+    # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on
+    # 3,000 digits it once completed first (after the allocator change), so 30; it is only
+    # killed, never waited for.
     victim = worker(tmp_path, study, postgres_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
                     "search.trial_train_subset=3000", "search.trial_epochs=30")
     deadline = time.time() + 120

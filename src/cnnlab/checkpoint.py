@@ -48,6 +48,14 @@ def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
+def with_tta(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, tta: str) -> torch.Tensor:
+    """``logits`` of ``model(x)`` after test-time augmentation: for ``"hflip"``, averaged (in
+    fp32) with the logits of the mirror images. The one definition evaluation and export share."""
+    if tta != "hflip":
+        return logits
+    return (logits.float() + model(x.flip(3))[0].float()) / 2
+
+
 def checkpoint_tta(payload: dict[str, Any]) -> str:
     """The checkpoint's ``train.tta``: evaluation and export apply what validation used."""
     return payload.get("config", {}).get("train", {}).get("tta", "none")
@@ -61,16 +69,13 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: str = "none"):
         super().__init__()
         self.model = model
-        self.hflip = tta == "hflip"
+        self.tta = tta
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images - self.mean) / self.std
-        logits, _ = self.model(x)
-        if self.hflip:
-            logits = (logits + self.model(x.flip(3))[0]) / 2
-        return logits
+        return with_tta(self.model, x, self.model(x)[0], self.tta)
 
 
 def inference_model(payload: dict[str, Any]) -> InferenceModel:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, with_tta
 from .config import Config, TrainConfig
 from .data import PreparedData
 from .models import count_parameters, create_model, model_entry
@@ -169,8 +169,7 @@ def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, b
         x = transform(images[start : start + batch_size], train=False)
         with transform.runtime.autocast():
             out, feat = model(x)
-            if tta == "hflip":
-                out = (out.float() + model(x.flip(3))[0].float()) / 2
+            out = with_tta(model, x, out, tta)
         logits.append(out.float().cpu())
         features.append(feat.float().cpu())
     return torch.cat(logits), torch.cat(features)
