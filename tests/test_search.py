@@ -8,7 +8,8 @@ from mlflow import MlflowClient
 optuna = pytest.importorskip("optuna")
 
 from cnnlab.config import load_config  # noqa: E402
-from cnnlab.search import PARENT_RUN_ATTR, open_study, run_search  # noqa: E402
+from cnnlab.data.prepare import save_prepared  # noqa: E402
+from cnnlab.search import PARENT_RUN_ATTR, open_study, run_search, search_with_workers  # noqa: E402
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
@@ -97,6 +98,26 @@ def test_journal_storage_for_one_machine(search_config, mnist_small, tmp_path):
     run_search(config, mnist_small)
     assert (tmp_path / "journal.log").stat().st_size > 0
     assert [t.state.name for t in trials_of(config)] == ["COMPLETE"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_two_worker_processes_share_the_study_on_one_machine(search_config, mnist_small, tmp_path, storage,
+                                                             tracking_uri):
+    """`search.workers=2`: two processes, one study on the default storages for one machine,
+    distinct candidates (each worker's sampler is seeded apart), all under one parent run."""
+    url = f"sqlite:///{tmp_path / 'workers.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'workers.log'}"
+    config = search_config(f"search.storage={url}", "search.workers=2", "search.n_trials=6",
+                           "search.pruner=none", "train.threads=2")
+    prepared = save_prepared(mnist_small, tmp_path / "prepared" / "mnist.pt")
+    study = search_with_workers(config, prepared)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) >= 6 and all(t.state.name == "COMPLETE" for t in trials)  # none lost
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == len(trials)  # none run twice
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {study.user_attrs[PARENT_RUN_ATTR]}
+    assert {r.data.params["train.threads"] for r in runs} == {"1"}  # the 2 threads split over 2 workers
 
 
 def test_search_report_then_retrain_best_exports_and_registers(search_config, mnist_small, tmp_path,

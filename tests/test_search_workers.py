@@ -1,4 +1,5 @@
-"""Several `cnnlab search` processes on one study, on the real PostgreSQL server."""
+"""Several `cnnlab search` processes on one study: on the real PostgreSQL server (many machines)
+and on the default SQLite file (one machine)."""
 
 import os
 import signal
@@ -47,13 +48,21 @@ def worker(tmp_path: Path, study: str, storage: str, tracking_uri: str, n_trials
                             start_new_session=True)
 
 
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
+def storage_url(request, tmp_path):
+    """The shared storage under test: the PostgreSQL server, or a SQLite file on this machine."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def study_name(postgres_url):
-    """A fresh study name; the study is deleted afterwards so the shared database stays clean."""
+def study_name(storage_url):
+    """A fresh study name; the study is deleted afterwards so a shared database stays clean."""
     name = f"cnnlab-test-{uuid.uuid4().hex[:8]}"
     yield name
     try:
-        optuna.delete_study(study_name=name, storage=postgres_url)
+        optuna.delete_study(study_name=name, storage=storage_url)
     except KeyError:
         pass
 
@@ -65,20 +74,19 @@ def prepared(tmp_path, datasets_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path, postgres_url, tracking_uri,
+def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path, storage_url, tracking_uri,
                                                                         datasets_dir, study_name):
     from mlflow import MlflowClient
 
     prepared(tmp_path, datasets_dir)
     study = study_name
-    first = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
+    first = worker(tmp_path, study, storage_url, tracking_uri, 4, datasets_dir)
     time.sleep(8)  # the first worker creates the study and its parent run
-    second = worker(tmp_path, study, postgres_url, tracking_uri, 4, datasets_dir)
+    second = worker(tmp_path, study, storage_url, tracking_uri, 4, datasets_dir)
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
 
-    trials = optuna.load_study(study_name=study, storage=postgres_url).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=study, storage=storage_url).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4  # none duplicated
     assert all(t.state.name == "COMPLETE" for t in trials)  # none lost mid-way
@@ -90,15 +98,14 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.postgres
-def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri, datasets_dir, study_name):
+def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, datasets_dir, study_name):
     prepared(tmp_path, datasets_dir)
     study = study_name
-    storage = optuna.storages.RDBStorage(postgres_url)
+    storage = optuna.storages.RDBStorage(storage_url)
     # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on
     # 3,000 digits it once completed first (after the allocator change), so 30; it is only
     # killed, never waited for.
-    victim = worker(tmp_path, study, postgres_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
+    victim = worker(tmp_path, study, storage_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
                     "search.trial_train_subset=3000", "search.trial_epochs=30")
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until its trial is running, then kill it mid-trial
@@ -116,7 +123,7 @@ def test_a_killed_workers_trial_is_retried(tmp_path, postgres_url, tracking_uri,
     victim.wait()
     time.sleep(4)  # past the heartbeat grace period (2 x 1 s)
 
-    rescuer = worker(tmp_path, study, postgres_url, tracking_uri, 2, datasets_dir, "search.heartbeat_seconds=1")
+    rescuer = worker(tmp_path, study, storage_url, tracking_uri, 2, datasets_dir, "search.heartbeat_seconds=1")
     output = rescuer.communicate(timeout=600)[0]
     assert rescuer.returncode == 0, output
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)

@@ -396,27 +396,39 @@ def cmd_register(config: Config, args) -> None:
     print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
 
 
+def train_and_evaluate_seed(config: Config, args) -> dict[str, Any]:
+    """One seed of `cnnlab seeds` (module level: worker processes import it)."""
+    print(f"== seed {config.train.seed}", flush=True)
+    cmd_train(config, args)
+    cmd_evaluate(config, args)
+    paths = Paths(config)
+    evaluation, train = read_json(paths.eval, "evaluate"), read_json(paths.train_metrics, "train")
+    return {"seed": config.train.seed, "test_accuracy": evaluation["test_accuracy"],
+            "best_val_accuracy": train["best_val_accuracy"], "wall_seconds": train["wall_seconds"],
+            "parameters": train["parameters"], "run_id": read_json(paths.run_info, "train")["run_id"]}
+
+
 def cmd_seeds(config: Config, args) -> None:
-    """Train and evaluate the experiment once per seed; mean ± std is the headline figure."""
+    """Train and evaluate the experiment once per seed, ``seed_workers`` seeds at a time;
+    mean ± std is the headline figure."""
     import dataclasses
 
     from .metrics import mean_std
+    from .parallel import run_jobs, threads_per_worker
 
-    runs = []
-    for seed in config.seeds:
-        print(f"== seed {seed}", flush=True)
-        seeded = dataclasses.replace(config, experiment=f"{config.experiment}/seed{seed}",
-                                     train=dataclasses.replace(config.train, seed=seed))
-        cmd_train(seeded, args)
-        cmd_evaluate(seeded, args)
-        paths = Paths(seeded)
-        evaluation, train = read_json(paths.eval, "evaluate"), read_json(paths.train_metrics, "train")
-        runs.append({"seed": seed, "test_accuracy": evaluation["test_accuracy"],
-                     "best_val_accuracy": train["best_val_accuracy"], "wall_seconds": train["wall_seconds"],
-                     "parameters": train["parameters"], "run_id": read_json(paths.run_info, "train")["run_id"]})
+    workers = min(config.seed_workers, len(config.seeds))
+    train = config.train
+    if workers > 1:  # interleaved progress bars from several processes would be noise
+        train = dataclasses.replace(train, threads=threads_per_worker(workers, train.threads), progress=False)
+        print(f"seeds {config.seeds}: {workers} processes of {train.threads} thread(s)", flush=True)
+    jobs = [(dataclasses.replace(config, experiment=f"{config.experiment}/seed{seed}",
+                                 train=dataclasses.replace(train, seed=seed)), args) for seed in config.seeds]
+    started = time.perf_counter()
+    runs = run_jobs(train_and_evaluate_seed, jobs, workers, describe=lambda job: f"seed {job[0].train.seed}")
     mean, std = mean_std([r["test_accuracy"] for r in runs])
     summary = {"experiment": config.experiment, "seeds": config.seeds, "test_accuracy_mean": mean,
                "test_accuracy_std": std, "wall_seconds_mean": mean_std([r["wall_seconds"] for r in runs])[0],
+               "seed_workers": workers, "wall_seconds_total": time.perf_counter() - started,
                "parameters": runs[0]["parameters"], "runs": runs}
     write_json(config.output_dir / "seeds.json", summary)
     print(f"{config.experiment}: test accuracy {100 * mean:.2f} ± {100 * std:.2f} % over seeds {config.seeds}")
@@ -449,11 +461,9 @@ def cmd_compare(config: Config, args) -> None:
 
 
 def cmd_search(config: Config, args) -> None:
-    from .data import load_view
-    from .search import run_search, write_summary
+    from .search import search_with_workers, write_summary
 
-    paths = Paths(config)
-    study = run_search(config, load_view(paths.prepared, config.data))
+    study = search_with_workers(config, Paths(config).prepared)
     summary = write_summary(study, Path(config.outputs_dir) / config.search.study / "search.json",
                             config.search.param_budget)
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)

@@ -142,15 +142,17 @@ def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def open_study(search: SearchConfig) -> optuna.Study:
+def open_study(search: SearchConfig, worker: int = 0) -> optuna.Study:
     directions = ["maximize", "minimize"] if search.multi_objective else ["maximize"]
     study = optuna.create_study(
         study_name=search.study, storage=resolve_storage(search.storage, search), load_if_exists=True,
         pruner=make_pruner(search), directions=directions,
     )
     # Offset the seed by the trials already there: a resumed or later-started worker with the
-    # plain seed would replay the first run's random start-up draws as duplicate trials.
-    study.sampler = optuna.samplers.TPESampler(seed=search.sampler_seed + len(study.get_trials(deepcopy=False)))
+    # plain seed would replay the first run's random start-up draws as duplicate trials. Workers
+    # started together (``search.workers``) see the same count, so their index separates them.
+    seed = search.sampler_seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     return study
 
 
@@ -247,10 +249,10 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
-def run_search(config: Config, data: PreparedData) -> optuna.Study:
+def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
     search = config.search
-    study = open_study(search)
+    study = open_study(search, worker)
     enqueue_candidates(study, search)
     parent_run_id = ensure_parent_run(study, config)
     remaining = search.n_trials - finished_trials(study)
@@ -264,6 +266,34 @@ def run_search(config: Config, data: PreparedData) -> optuna.Study:
         gc_after_trial=True,
     )
     return study
+
+
+def _search_worker(config: Config, prepared: str, worker: int) -> None:
+    from .data import load_view
+
+    run_search(config, load_view(Path(prepared), config.data), worker)
+
+
+def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
+    """``search.workers`` processes on one study, the cores split between them (1: this process)."""
+    from .data import load_view
+    from .parallel import run_jobs, threads_per_worker
+
+    search = config.search
+    if search.workers <= 1:
+        return run_search(config, load_view(prepared, config.data))
+    # Create the storage, enqueue the candidates and open the parent run once, here: workers
+    # starting together would race to create the schema and could enqueue a candidate twice.
+    study = open_study(search)
+    enqueue_candidates(study, search)
+    ensure_parent_run(study, config)
+    threads = threads_per_worker(search.workers, config.train.threads)
+    worker_config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
+    log.info("study %s: %d workers of %d thread(s)", search.study, search.workers, threads)
+    run_jobs(_search_worker, [(worker_config, str(prepared), w) for w in range(search.workers)], search.workers,
+             describe=lambda job: f"search worker {job[2]} (finished trials stay in the study; "
+                                  "run the same command again to resume)")
+    return open_study(search)
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
