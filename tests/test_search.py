@@ -120,6 +120,15 @@ def test_two_worker_processes_share_the_study_on_one_machine(search_config, mnis
     assert {r.data.params["train.threads"] for r in runs} == {"1"}  # the 2 threads split over 2 workers
 
 
+def test_workers_without_prepared_data_fail_before_anything_starts(search_config, tmp_path):
+    from cnnlab.data import DatasetError
+
+    config = search_config(f"search.storage=sqlite:///{tmp_path / 'never.db'}", "search.workers=2")
+    with pytest.raises(DatasetError, match="run `cnnlab prepare`"):
+        search_with_workers(config, tmp_path / "missing" / "mnist.pt")
+    assert not (tmp_path / "never.db").exists()  # no study was created, no worker started
+
+
 def test_search_report_then_retrain_best_exports_and_registers(search_config, mnist_small, tmp_path,
                                                                    tracking_uri, datasets_dir):
     from cnnlab.cli import main

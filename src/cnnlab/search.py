@@ -277,11 +277,13 @@ def _search_worker(config: Config, prepared: str, worker: int) -> None:
 def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
     """``search.workers`` processes on one study, the cores split between them (1: this process)."""
     from .data import load_view
+    from .data.prepare import require_prepared
     from .parallel import run_jobs, threads_per_worker
 
     search = config.search
     if search.workers <= 1:
         return run_search(config, load_view(prepared, config.data))
+    require_prepared(prepared)  # before any worker starts or the study is created
     # Create the storage, enqueue the candidates and open the parent run once, here: workers
     # starting together would race to create the schema and could enqueue a candidate twice.
     study = open_study(search)

@@ -86,10 +86,15 @@ def save_prepared(data: PreparedData, path: Path) -> Path:
     return path
 
 
-def load_prepared(path: str | Path) -> PreparedData:
+def require_prepared(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"prepared dataset {path} not found; run `cnnlab prepare` (or `dvc repro prepare`)")
+    return path
+
+
+def load_prepared(path: str | Path) -> PreparedData:
+    path = require_prepared(path)
     try:
         return PreparedData(**torch.load(path, weights_only=True))
     except Exception as err:
