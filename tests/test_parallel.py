@@ -9,6 +9,7 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.config import ConfigError, load_config
 from cnnlab.parallel import run_jobs, threads_per_worker
+from cnnlab.runtime import available_cores
 
 from .conftest import PROJECT_ROOT
 
@@ -46,7 +47,7 @@ def test_one_worker_runs_in_this_process(tmp_path):
 @pytest.mark.parametrize("workers, threads, expected", [(2, 0, None), (3, 2, 1), (2, 8, 4), (8, 2, 1)])
 def test_threads_are_split_between_workers(workers, threads, expected):
     if expected is None:
-        expected = max(1, len(os.sched_getaffinity(0)) // 2)
+        expected = max(1, available_cores() // 2)
     assert threads_per_worker(workers, threads) == expected
 
 

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
+from .runtime import available_cores
 
 
 def threads_per_worker(workers: int, threads: int = 0) -> int:
     """Intra-op threads for each of ``workers`` processes sharing ``threads`` (0 = every core)."""
-    return max(1, (threads or available_cores()) // max(1, workers))
+    return max(1, (threads or available_cores()) // workers)
 
 
 def _start_worker() -> None:

@@ -94,12 +94,17 @@ def keep_freed_memory() -> bool:
     return _allocator_tuned
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
 def set_threads(threads: int = 0) -> int:
     """Process-wide compute settings, once: torch's intra-op threads (0 = every available
     core) and an allocator that keeps freed memory (``keep_freed_memory``)."""
     global _threads_set
     keep_freed_memory()
-    wanted = threads or len(os.sched_getaffinity(0))
+    wanted = threads or available_cores()
     if not _threads_set or torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
         _threads_set = True

@@ -268,10 +268,10 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
     return study
 
 
-def _search_worker(config: Config, prepared: str, worker: int) -> None:
+def _search_worker(config: Config, prepared: Path, worker: int) -> None:
     from .data import load_view
 
-    run_search(config, load_view(Path(prepared), config.data), worker)
+    run_search(config, load_view(prepared, config.data), worker)
 
 
 def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
@@ -292,10 +292,10 @@ def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
     threads = threads_per_worker(search.workers, config.train.threads)
     worker_config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
     log.info("study %s: %d workers of %d thread(s)", search.study, search.workers, threads)
-    run_jobs(_search_worker, [(worker_config, str(prepared), w) for w in range(search.workers)], search.workers,
+    run_jobs(_search_worker, [(worker_config, prepared, w) for w in range(search.workers)], search.workers,
              describe=lambda job: f"search worker {job[2]} (finished trials stay in the study; "
                                   "run the same command again to resume)")
-    return open_study(search)
+    return study  # reads the storage on every query, so it sees the workers' trials
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
