@@ -32,6 +32,7 @@ from cnnlab.config import load_config
 from cnnlab.data import SourceContext, load_raw, prepare
 from cnnlab.models import create_model
 from cnnlab.runtime import cpu_has_fast_bf16, set_threads
+from cnnlab.builder import build_model
 from cnnlab.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def baseline_images_per_second(mnist_root: Path, images: int, threads: int) -> f
 def cnnlab_images_per_second(data, workdir: Path) -> tuple[float, str]:
     config = load_config(ROOT / "params.yaml", [
         "train.epochs=2", "train.progress=false", f"models_dir={workdir / 'models'}"])
-    result = fit(config, data)
+    result = fit(config, data, build_model(config, data))
     # The second epoch: the first pays oneDNN's kernel set-up, as the baseline's skipped first steps do.
     return result.history[-1]["train_images_per_second"], result.runtime
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.builder import build_model
 from cnnlab.config import load_config
 from cnnlab.data import DATASETS_ENV, SourceContext, load_raw, prepare
 from cnnlab.data.prepare import save_prepared
+from cnnlab.train import fit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +56,8 @@ def tiny_config(tmp_path, mnist_small, tracking_uri):
         f"data.prepared_dir={prepared_dir}", "train.epochs=1", "train.progress=false",
         f"tracking.uri={tracking_uri}", "tracking.log_model=false",
     ])
+
+
+def fit_run(config, data, listener=None):
+    """Build the run's network and fit it, as the train stage does."""
+    return fit(config, data, build_model(config, data), listener)

@@ -12,7 +12,7 @@ from cnnlab.analysis import (
     feature_maps, format_layer_table, layer_summary, pick_examples, stratified_sample, summary_total,
     tsne_embedding, weight_histograms,
 )
-from cnnlab.models import count_parameters, create_model, list_models, model_entry
+from cnnlab.models import total_parameters, create_model, list_models, model_entry
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import BatchTransform
 
@@ -41,7 +41,7 @@ def assert_png(path):
 @pytest.mark.parametrize("name", list_models())
 def test_layer_summary_sums_to_the_trainable_parameter_count(name):
     model = create_model(name)
-    assert summary_total(layer_summary(model, model_entry(name).input_shape)) == count_parameters(model)
+    assert summary_total(layer_summary(model, model_entry(name).input_shape)) == total_parameters(model)
 
 
 @pytest.mark.parametrize("name, total", [("simple_cnn", 813_802), ("reduced_alexnet", 6_199_498)])

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, ResNet18_Weights, ResNet50_Weights
 
-from cnnlab.models import count_parameters, create_model
+from cnnlab.models import total_parameters, create_model
 from cnnlab.models.torchvision_backbones import PretrainedWeightsError
 
 # name -> (the torchvision module name of the head, feature width, the ImageNet weights used without weights_path)
@@ -77,7 +77,7 @@ def test_the_same_class_count_loads_the_head_too(name, weight_files):
     model = create_model(name, pretrained=True, weights_path=str(path))
     assert model.pretrained_report["skipped"] == [] and model.pretrained_report["loaded"] == len(state)
     assert torch.equal(model.net.get_submodule(head).weight, state[f"{head}.weight"])
-    assert count_parameters(model) == imagenet.meta["num_params"]  # torchvision's published count
+    assert total_parameters(model) == imagenet.meta["num_params"]  # torchvision's published count
 
 
 def test_files_without_batchnorm_counters_load(weight_files, tmp_path):

@@ -31,7 +31,9 @@ def test_pipeline_logs_everything_to_one_mlflow_run(cli_overrides, tmp_path, tra
     run = client.get_run(run_id)
 
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.parameters"] == "813802"
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.total_parameters"] == "813802"
+    assert run.data.params["model.trainable_parameters"] == "813802"
+    assert "experiments" not in run.data.params and "reference.test_accuracy" not in run.data.params
     assert run.data.params["data.train_subset"] == "2000"
     val_history = client.get_metric_history(run_id, "val_accuracy")
     assert sorted(m.step for m in val_history) == [1, 2]
@@ -57,7 +59,7 @@ def test_pipeline_logs_everything_to_one_mlflow_run(cli_overrides, tmp_path, tra
     registered = json.loads((out / "registered.json").read_text())
     assert registered["alias_moved"] is True and registered["version"] == int(version.version)
     metrics = json.loads((out / "train_metrics.json").read_text())
-    assert metrics["parameters"] == 813_802 and metrics["epochs"] == 2
+    assert metrics["total_parameters"] == metrics["trainable_parameters"] == 813_802 and metrics["epochs"] == 2
 
 
 def test_register_refuses_without_passed_parity(cli_overrides, tmp_path, capsys):

@@ -64,15 +64,16 @@ def test_compare_and_seeds_commands(tmp_path, datasets_dir, tracking_uri, capsys
 
 def test_a_search_row_reports_its_retrained_winner(tmp_path):
     from cnnlab.compare import experiment_row
-    from cnnlab.config import load_config
+    from cnnlab.config import catalogue_for, load_config
 
     config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e5_search", f"outputs_dir={tmp_path}"])
-    assert experiment_row(config, 0.005, lambda _: "").verdict == "not run"
+    reference = catalogue_for(PROJECT_ROOT / "params.yaml").reference("e5_search")
+    assert experiment_row(config, reference, 0.005, lambda _: "").verdict == "not run"
     winner = tmp_path / f"{config.search.study}_winner"
     winner.mkdir()
     (winner / "seeds.json").write_text(json.dumps({
         "test_accuracy_mean": 0.9, "test_accuracy_std": 0.002, "wall_seconds_mean": 100.0, "parameters": 149_000,
         "runs": [{"seed": s} for s in (0, 1, 2)]}))
-    row = experiment_row(config, 0.005, lambda _: "")
+    row = experiment_row(config, reference, 0.005, lambda _: "")
     assert (row.mean, row.std, row.runs, row.parameters) == (0.9, 0.002, 3, 149_000)
     assert "search winner retrained" in row.note and "reference is svhn" in row.note

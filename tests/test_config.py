@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 import yaml
 
-from cnnlab.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, load_config, save_config
+from cnnlab.config import (Config, ConfigError, apply_overrides, catalogue_for, config_from_dict, flatten, load_config,
+                           read_run_config, save_config)
 
 from .conftest import PROJECT_ROOT
 
@@ -69,8 +72,26 @@ def test_override_cannot_descend_into_a_value():
 def test_resolved_config_round_trips(tmp_path):
     config = load_config(PROJECT_ROOT / "params.yaml", ["train.lr=0.01"])
     path = save_config(config, tmp_path / "config.yaml")
-    assert load_config(path) == config
+    assert read_run_config(path) == config
     assert flatten(yaml.safe_load(path.read_text()))["train.lr"] == 0.01
+
+
+def test_a_run_saves_its_own_settings_only(tmp_path):
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e4_augment"])
+    saved = yaml.safe_load(save_config(config, tmp_path / "config.yaml").read_text())
+    assert set(saved) == {f.name for f in dataclasses.fields(Config)}
+    assert not {"experiments", "bases", "reference", "transfer_experiments"} & set(flatten(saved))
+    assert len(yaml.safe_dump(saved).splitlines()) < 140  # was 369 lines with the whole catalogue
+
+
+def test_code_defaults_equal_params_yaml():
+    """Defaults live in params.yaml; the dataclasses must not say otherwise."""
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    from_params = config_from_dict(params).to_dict()
+    from_code = Config().to_dict()
+    differing = {k: (from_code.get(k), v) for k, v in flatten(from_params).items() if flatten(from_code).get(k) != v}
+    assert not differing
+    assert set(flatten(from_code)) == set(flatten(from_params))  # every setting is in params.yaml
 
 
 def test_missing_and_invalid_params_files(tmp_path):
@@ -82,17 +103,41 @@ def test_missing_and_invalid_params_files(tmp_path):
         load_config(bad)
 
 
+def test_a_missing_section_is_an_error_naming_it(tmp_path):
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    del params["train"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="has no train section"):
+        load_config(path)
+
+
 def test_experiment_overlay_then_command_line():
     config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e2_cifar10_alexnet", "train.epochs=2"])
     assert config.data.name == "cifar10" and config.model.name == "reduced_alexnet"
     assert config.train.epochs == 2  # the command line wins over the overlay
     assert config.train.lr == 0.001  # inherited from the base section
-    assert config.reference["test_accuracy"] == 0.7065
+    assert catalogue_for(PROJECT_ROOT / "params.yaml").reference("e2_cifar10_alexnet")["test_accuracy"] == 0.7065
 
 
-def test_reference_is_not_inherited_from_the_base():
-    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e4_exp_decay"])
-    assert "test_accuracy" not in config.reference
+def test_entries_extend_bases_and_each_other():
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e7_alexnet_cs_hf"])
+    assert (config.data.name, config.data.val_fraction, config.model.name) == ("caltech101", 0.5, "alexnet")
+    assert config.model.kwargs == {"pretrained": True} and config.transfer.policy == "freeze_conv"
+    assert (config.train.epochs, config.train.step_size, config.train.lr) == (20, 10, 0.001)
+    assert config.train.augment.pipeline == "cs_hf"
+    fine = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e8_finetune_aug"])  # extends e8_last_layer
+    assert fine.transfer.policy == "last_layer" and fine.train.epochs == 25 and fine.train.batch_size == 32
+
+
+def test_reference_and_bases_are_not_runs():
+    catalogue = catalogue_for(PROJECT_ROOT / "params.yaml")
+    assert "test_accuracy" not in catalogue.reference("e4_exp_decay")
+    assert catalogue.reference("e3_mnist_k3_s1_none")["test_accuracy"] == 0.9754  # its own, not its parent's
+    assert "caltech" not in catalogue.experiments()
+    assert catalogue.pipeline("e7_resnet50_train_all") == "none"  # inherited from the caltech base
+    with pytest.raises(ConfigError, match="not in"):
+        load_config(PROJECT_ROOT / "params.yaml", ["experiment=caltech"])
 
 
 def test_unknown_experiment_lists_defined_ones():
@@ -100,12 +145,46 @@ def test_unknown_experiment_lists_defined_ones():
         load_config(PROJECT_ROOT / "params.yaml", ["experiment=e9"])
 
 
+def write_project(tmp_path, edit_catalogue) -> str:
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    catalogue = yaml.safe_load((PROJECT_ROOT / "catalogue.yaml").read_text())
+    edit_catalogue(catalogue)
+    (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump(catalogue))
+    return str(tmp_path / "params.yaml")
+
+
 def test_a_typo_in_any_experiment_fails_at_load(tmp_path):
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["experiments"]["e4_sgd"]["train"]["lrate"] = 0.1
+    params = write_project(tmp_path, lambda c: c["experiments"]["e4_sgd"]["train"].update(lrate=0.1))
+    with pytest.raises(ConfigError, match=r"experiments.e4_sgd: unknown setting 'lrate'"):
+        load_config(params)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c["experiments"]["e4_sgd"].update(extends="e4_nope"), "extends 'e4_nope', which is not defined"),
+    (lambda c: c["bases"]["cifar10"].update(extends="e3_cifar"), "loops"),
+    (lambda c: c["experiments"]["e4_sgd"].update(run="x"), "cannot set `experiment` or `run`"),
+])
+def test_broken_catalogues_fail_with_the_entry_named(tmp_path, edit, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(write_project(tmp_path, edit))
+
+
+def test_changing_the_dataset_on_the_command_line_names_another_run():
+    params = PROJECT_ROOT / "params.yaml"
+    e1 = load_config(params)
+    fashion = load_config(params, ["data.name=fashion_mnist"])
+    assert fashion.name == "e1_mnist_simple_cnn-fashion_mnist" and fashion.experiment == "e1_mnist_simple_cnn"
+    assert fashion.output_dir != e1.output_dir and fashion.model_dir != e1.model_dir
+    assert load_config(params, ["model.kwargs.kernel_size=5", "experiment=e3_mnist_k5_s1_same"]).name \
+        == "e3_mnist_k5_s1_same-kernel_size5"
+    assert load_config(params, ["data.name=fashion_mnist", "run=fashion"]).name == "fashion"
+    assert load_config(params, ["train.epochs=1"]).name == "e1_mnist_simple_cnn"  # a recipe tweak stays the run
+
+
+def test_run_cannot_be_set_in_params_yaml(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match=r"in experiments.e4_sgd: unknown setting 'lrate'"):
+    path.write_text((PROJECT_ROOT / "params.yaml").read_text() + "run: mine\n")
+    with pytest.raises(ConfigError, match="command line only"):
         load_config(path)
 
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from cnnlab.data import SourceContext, load_raw
-from cnnlab.models import count_parameters, create_model
+from cnnlab.models import total_parameters, create_model
 from cnnlab.models.efficientnet import (
     IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsError, lukemelas_to_cnnlab, packaged_lite0_weights,
 )
@@ -51,7 +51,7 @@ def test_every_imagenet_tensor_loads_and_parameter_counts_agree(imagenet_state):
     assert report["loaded"] == len(imagenet_state) == len(model.state_dict()) == 296
     assert report["skipped"] == [] and len(report["sha256"]) == 64
     file_parameters = sum(v.numel() for k, v in imagenet_state.items() if not k.endswith(BN_BUFFERS))
-    assert count_parameters(model) == file_parameters == 4_652_008
+    assert total_parameters(model) == file_parameters == 4_652_008
     for key, value in imagenet_state.items():
         assert torch.equal(model.state_dict()[lukemelas_to_cnnlab(key)], value), key
 

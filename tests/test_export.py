@@ -7,11 +7,12 @@ import torch
 from cnnlab.checkpoint import InferenceModel, inference_model, load_checkpoint
 from cnnlab.export import export_onnx, onnx_parity
 from cnnlab.models import create_model, list_models, model_entry
-from cnnlab.train import fit
+
+from .conftest import fit_run
 
 
 def test_trained_model_parity_on_real_test_images(tiny_config, mnist_small, tmp_path):
-    result = fit(tiny_config, mnist_small)
+    result = fit_run(tiny_config, mnist_small)
     module = inference_model(load_checkpoint(result.best_path))
     path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx.data").exists()  # one self-contained file

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cnnlab.models import ModelError, count_parameters, create_model, list_models, model_entry
+from cnnlab.models import ModelError, total_parameters, create_model, list_models, model_entry
 
 # Counted by hand from the layer definitions (conv: k*k*in*out + out; linear: in*out + out).
 # E1 and E2 are the catalogue's exact figures.
@@ -41,7 +41,7 @@ def test_forward_shapes_and_parameter_count(name):
     logits, features = model(torch.rand(3, *entry.input_shape))
     assert logits.shape == (3, entry.num_classes)
     assert features.ndim == 2 and features.shape[0] == 3
-    assert count_parameters(model) == EXPECTED_PARAMETERS[name]
+    assert total_parameters(model) == EXPECTED_PARAMETERS[name]
 
 
 def test_simple_cnn_features_are_the_first_linear_layer():

@@ -80,7 +80,7 @@ def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, trackin
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == 2
     assert {c.data.tags["optuna.trial"] for c in children} == {"0", "1"}
-    assert all(c.data.params["model.name"] == "search_cnn" and "model.parameters" in c.data.params for c in children)
+    assert all(c.data.params["model.name"] == "search_cnn" and "model.total_parameters" in c.data.params for c in children)
     assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 1 for c in children)
 
 
@@ -155,7 +155,7 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
     winner = tmp_path / "outputs" / f"{config.search.study}_winner"
     seeds = json.loads((winner / "seeds.json").read_text())
     assert [r["seed"] for r in seeds["runs"]] == [0, 1]
-    assert seeds["parameters"] <= config.search.param_budget
+    assert seeds["total_parameters"] <= config.search.param_budget
     registered = list(winner.glob("seed*/registered.json"))
     assert len(registered) == 1
     record = json.loads(registered[0].read_text())

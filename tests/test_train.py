@@ -8,8 +8,10 @@ import torch
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from cnnlab.config import AugmentConfig
 from cnnlab import runtime
-from cnnlab.train import TrainingDiverged, augment_batch, fit, make_optimizer
+from cnnlab.train import TrainingDiverged, augment_batch, make_optimizer
 from cnnlab.models import create_model
+
+from .conftest import fit_run
 
 
 def with_train(config, **changes):
@@ -17,16 +19,16 @@ def with_train(config, **changes):
 
 
 def test_short_real_run_beats_chance_by_a_wide_margin(tiny_config, mnist_small):
-    result = fit(tiny_config, mnist_small)
+    result = fit_run(tiny_config, mnist_small)
     assert result.best_val_accuracy > 0.85  # chance is 0.10
-    assert result.parameters == 813_802
+    assert result.trainable_parameters == result.total_parameters == 813_802
     assert len(result.history) == 1 and len(result.batch_losses) == 24  # 3,000 / 128 batches
     assert result.batch_losses[-1] < result.batch_losses[0]
     assert {"train_loss", "val_accuracy", "lr", "epoch_seconds"} <= set(result.history[0])
 
 
 def test_checkpoint_rebuilds_the_model_alone(tiny_config, mnist_small):
-    result = fit(tiny_config, mnist_small)
+    result = fit_run(tiny_config, mnist_small)
     payload = load_checkpoint(result.best_path)
     assert payload["config"]["train"]["epochs"] == 1
     model = model_from_checkpoint(payload)
@@ -36,33 +38,33 @@ def test_checkpoint_rebuilds_the_model_alone(tiny_config, mnist_small):
 
 
 def test_resume_continues_to_the_new_total(tiny_config, mnist_small):
-    first = fit(tiny_config, mnist_small)
-    resumed = fit(with_train(tiny_config, epochs=2, resume_from=str(first.last_path)), mnist_small)
+    first = fit_run(tiny_config, mnist_small)
+    resumed = fit_run(with_train(tiny_config, epochs=2, resume_from=str(first.last_path)), mnist_small)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert len(resumed.batch_losses) == 48
     with pytest.raises(ValueError, match="already has 2 epochs"):
-        fit(with_train(tiny_config, epochs=2, resume_from=str(resumed.last_path)), mnist_small)
+        fit_run(with_train(tiny_config, epochs=2, resume_from=str(resumed.last_path)), mnist_small)
 
 
 def test_resume_needs_a_last_checkpoint(tiny_config, mnist_small):
-    first = fit(tiny_config, mnist_small)
+    first = fit_run(tiny_config, mnist_small)
     with pytest.raises(CheckpointError, match="no optimizer state"):
-        fit(with_train(tiny_config, epochs=2, resume_from=str(first.best_path)), mnist_small)
+        fit_run(with_train(tiny_config, epochs=2, resume_from=str(first.best_path)), mnist_small)
 
 
 def test_diverging_loss_fails_with_advice_and_keeps_checkpoints(tiny_config, mnist_small):
-    good = fit(tiny_config, mnist_small)
+    good = fit_run(tiny_config, mnist_small)
     before = good.last_path.read_bytes()
     diverging = with_train(tiny_config, optimizer="sgd", lr=1e6, momentum=0.9)
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
-        fit(diverging, mnist_small)
+        fit_run(diverging, mnist_small)
     assert good.last_path.read_bytes() == before
 
 
 def test_resume_with_another_optimizer_is_refused(tiny_config, mnist_small):
-    first = fit(tiny_config, mnist_small)
+    first = fit_run(tiny_config, mnist_small)
     with pytest.raises(ValueError, match="resume with train.optimizer=adam"):
-        fit(with_train(tiny_config, epochs=2, optimizer="sgd", resume_from=str(first.last_path)), mnist_small)
+        fit_run(with_train(tiny_config, epochs=2, optimizer="sgd", resume_from=str(first.last_path)), mnist_small)
 
 
 def test_weight_decay_on_selected_layers(mnist_small):
@@ -120,7 +122,7 @@ def test_hard_batch_mining_refeeds_the_hardest_batches(tiny_config, mnist_small)
 
     config = with_train(tiny_config, epochs=2, scheduler="onecycle",
                         hard_batch_mining=HardBatchMiningConfig(start_epoch=2, fraction=0.25))
-    result = fit(config, mnist_small)
+    result = fit_run(config, mnist_small)
     assert [h["hard_batches_refed"] for h in result.history] == [0, 6]  # 25% of 24 batches
     assert len(result.batch_losses) == 24 + 24 + 6
 

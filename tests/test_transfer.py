@@ -11,12 +11,14 @@ import torch.nn.functional as F
 from cnnlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnlab.config import TrainConfig, TransferConfig
 from cnnlab.data import DatasetError, select_view
-from cnnlab.models import count_parameters, create_model
-from cnnlab.train import fit, make_optimizer
+from cnnlab.models import total_parameters, create_model
+from cnnlab.train import make_optimizer
 from cnnlab.transfer import (
     TransferError, apply_policy, checkpoint_arguments, fit_linear_svm, init_from_checkpoint, model_arguments,
     network_layers, set_head,
 )
+
+from .conftest import fit_run
 
 PLAIN_BN = {"block_style": "plain", "widths": [8, 16], "convs_per_block": 2, "in_channels": 1}
 
@@ -40,7 +42,7 @@ def test_a_conv_with_its_norm_counts_as_one_layer():
     assert [layer.kind for layer in layers] == ["conv"] * 5 + ["fc"]  # stem + 2 blocks x 2 convs + head
     assert all(len(layer.modules) == 2 for layer in layers[:-1])  # conv + its BatchNorm
     assert layers[-1].modules == ["classifier"]
-    assert sum(layer.parameters for layer in layers) == count_parameters(create_model("search_cnn", **PLAIN_BN))
+    assert sum(layer.parameters for layer in layers) == total_parameters(create_model("search_cnn", **PLAIN_BN))
 
 
 @pytest.mark.parametrize("name, k, expected_trainable", [
@@ -145,11 +147,11 @@ def test_svm_policy_trains_nothing_but_the_head_and_checkpoints_a_normal_model(t
     # fp32 so that the recorded accuracy and the fp32 replay below compute the same function
     # (under bf16 autocast a handful of near-tied images flip).
     config = with_sections(tiny_config, transfer={"policy": "svm"}, train={"precision": "fp32"})
-    result = fit(config, mnist_small)
+    result = fit_run(config, mnist_small)
     payload = load_checkpoint(result.best_path)
     model = model_from_checkpoint(payload)
     assert len(result.history) == 1 and result.batch_losses == []
-    assert result.parameters == 1_290  # only fc2 counts as trainable
+    assert result.trainable_parameters == 1_290  # only fc2 counts as trainable
     assert "svm: 3 of 4 layers frozen" in payload["transfer"]["plan"]
     x = (mnist_small.x_val.float() / 255 - payload["normalization"]["mean"][0]) / payload["normalization"]["std"][0]
     accuracy = (model(x)[0].argmax(1) == mnist_small.y_val).float().mean().item()
@@ -171,16 +173,16 @@ def test_data_view_keeps_and_relabels_the_named_classes(mnist_small):
 
 def test_e6_fine_tune_starts_from_the_pretrained_network_and_frozen_layers_keep_it(tiny_config, mnist_small):
     model = {"name": "search_cnn", "kwargs": {k: v for k, v in PLAIN_BN.items() if k != "in_channels"}}
-    pretrain = with_sections(dataclasses.replace(tiny_config, experiment="pre"), model=model,
+    pretrain = with_sections(dataclasses.replace(tiny_config, run="pre"), model=model,
                              data={"classes": [str(d) for d in range(1, 9)]},
                              train={"epochs": 2, "batch_size": 64, "lr": 0.005})
     pre_data = select_view(mnist_small, pretrain.data.classes)
-    pre = fit(pretrain, pre_data)
-    finetune = with_sections(dataclasses.replace(tiny_config, experiment="fine"), model=model,
+    pre = fit_run(pretrain, pre_data)
+    finetune = with_sections(dataclasses.replace(tiny_config, run="fine"), model=model,
                              data={"classes": ["0", "9"], "train_subset": 100},
                              transfer={"policy": "freeze_first_k", "freeze_k": 2, "init_from": str(pre.best_path)},
                              train={"epochs": 5, "batch_size": 20, "lr": 0.005})
-    result = fit(finetune, select_view(mnist_small, ["0", "9"], 100))
+    result = fit_run(finetune, select_view(mnist_small, ["0", "9"], 100))
     pre_state = load_checkpoint(pre.best_path)["state_dict"]
     tuned = load_checkpoint(result.best_path)
     assert tuned["transfer"]["init_from"]["skipped"] == ["classifier.bias", "classifier.weight"]
@@ -233,33 +235,30 @@ def test_config_choices_match_what_the_code_implements():
         frozen_layer_indices(layers, policy(name, 1))  # every policy in params is one the code knows
 
 
-def test_transfer_experiments_resolve_like_experiments_and_names_stay_unique(tmp_path):
-    from cnnlab.config import ConfigError, load_config
+def test_transfer_experiments_resolve_from_the_catalogue():
+    from cnnlab.config import catalogue_for, load_config
 
     from .conftest import PROJECT_ROOT
 
     config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e8_last_layer"])
     assert config.transfer.policy == "last_layer" and config.model.kwargs == {"pretrained": True}
-    assert config.reference["group"] == "e8" and config.data.image_size == 224
-    clash = tmp_path / "params.yaml"
-    clash.write_text("experiments: {a: {train: {epochs: 1}}}\ntransfer_experiments: {a: {train: {epochs: 2}}}\n")
-    with pytest.raises(ConfigError, match="'a' is defined in both experiments and transfer_experiments"):
-        load_config(clash)
+    assert config.data.image_size == 224 and config.train.batch_size == 32  # from the e8_224px base
+    assert catalogue_for(PROJECT_ROOT / "params.yaml").reference("e8_last_layer")["group"] == "e8"
 
 
 def test_freeze_sweep_runs_every_k_and_scratch(tiny_config, mnist_small, tmp_path):
-    import argparse
     import json
 
-    from cnnlab.cli import cmd_freeze_sweep
+    from cnnlab.stages.freeze_sweep import freeze_sweep
 
     model = {"name": "search_cnn", "kwargs": {k: v for k, v in PLAIN_BN.items() if k != "in_channels"}}
-    pre = fit(with_sections(dataclasses.replace(tiny_config, experiment="pre"), model=model), mnist_small)
+    pre = fit_run(with_sections(dataclasses.replace(tiny_config, run="pre"), model=model), mnist_small)
     sweep_config = with_sections(
-        dataclasses.replace(tiny_config, experiment="sweep"), model=model,
+        dataclasses.replace(tiny_config, run="sweep"), model=model,
         data={"classes": ["0", "9"], "train_subset": 100}, train={"batch_size": 50},
         transfer={"init_from": str(pre.best_path), "sweep_k": [0, 5]})
-    cmd_freeze_sweep(sweep_config, argparse.Namespace())
+    sweep = freeze_sweep(sweep_config)
+    assert sweep["best_k"] == max(sweep["runs"], key=lambda r: r["best_val_accuracy"])["freeze_k"]  # validation
     sweep = json.loads((tmp_path / "outputs" / "sweep" / "freeze_sweep.json").read_text())
     assert [r["freeze_k"] for r in sweep["runs"]] == [0, 5] and sweep["layers"] == 6
     by_k = {r["freeze_k"]: r for r in sweep["runs"]}
@@ -274,9 +273,14 @@ def test_separability_command_gathers_a_group_into_one_figure(tmp_path):
 
     from cnnlab.cli import main
 
+    from .conftest import PROJECT_ROOT
+
     params = tmp_path / "params.yaml"
-    params.write_text(f"outputs_dir: {tmp_path / 'outputs'}\ntransfer_experiments:\n"
-                      "  g_a: {reference: {group: g}}\n  g_b: {reference: {group: g}}\n  other: {}\n")
+    params.write_text((PROJECT_ROOT / "params.yaml").read_text().replace("outputs_dir: outputs",
+                                                                         f"outputs_dir: {tmp_path / 'outputs'}"))
+    (tmp_path / "catalogue.yaml").write_text("experiments:\n  e1_mnist_simple_cnn: {}\n"
+                                             "  g_a: {reference: {group: g}}\n  g_b: {reference: {group: g}}\n"
+                                             "  other: {}\n")
     rng = np.random.default_rng(0)
     for name, spread in (("g_a", 0.5), ("g_b", 4.0)):
         folder = tmp_path / "outputs" / name

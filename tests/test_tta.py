@@ -10,9 +10,9 @@ from cnnlab.checkpoint import inference_model, load_checkpoint, model_from_check
 from cnnlab.config import ConfigError, load_config
 from cnnlab.export import export_onnx, onnx_parity
 from cnnlab.runtime import resolve_runtime
-from cnnlab.train import BatchTransform, fit, predict
+from cnnlab.train import BatchTransform, predict
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, fit_run
 
 
 def with_train(config, **changes):
@@ -31,8 +31,8 @@ def mean_confidence(payload, images) -> float:
 
 
 def test_label_smoothing_caps_the_models_confidence(tiny_config, mnist_small):
-    plain = fit(tiny_config, mnist_small)
-    smoothed = fit(dataclasses.replace(with_train(tiny_config, label_smoothing=0.5),
+    plain = fit_run(tiny_config, mnist_small)
+    smoothed = fit_run(dataclasses.replace(with_train(tiny_config, label_smoothing=0.5),
                                        models_dir=str(tiny_config.model_dir.parent) + "_smoothed"), mnist_small)
     assert smoothed.best_val_accuracy > 0.8  # still learns
     images = mnist_small.x_val[:1000]
@@ -50,7 +50,7 @@ def test_label_smoothing_outside_zero_to_one_is_refused():
 
 
 def test_flip_tta_averages_the_image_and_its_mirror(tiny_config, mnist_small):
-    payload = load_checkpoint(fit(tiny_config, mnist_small).best_path)
+    payload = load_checkpoint(fit_run(tiny_config, mnist_small).best_path)
     images = mnist_small.x_test[:300]
     plain, features = fp32_predict(payload, images, "none")
     mirrored, _ = fp32_predict(payload, images.flip(3), "none")
@@ -61,7 +61,7 @@ def test_flip_tta_averages_the_image_and_its_mirror(tiny_config, mnist_small):
 
 
 def test_tta_checkpoint_exports_a_flip_invariant_model_with_parity(tiny_config, mnist_small, tmp_path):
-    result = fit(with_train(tiny_config, tta="hflip"), mnist_small)
+    result = fit_run(with_train(tiny_config, tta="hflip"), mnist_small)
     payload = load_checkpoint(result.best_path)
     assert checkpoint_tta(payload) == "hflip"
     module = inference_model(payload)

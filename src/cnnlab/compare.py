@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config
+from .contract import StudyFiles
 
 
 @dataclass
@@ -48,25 +49,26 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def experiment_row(config: Config, tolerance: float, why_missing: Callable[[str], str]) -> Row:
+def experiment_row(config: Config, catalogue_reference: dict[str, Any], tolerance: float,
+                   why_missing: Callable[[str], str]) -> Row:
     out = config.output_dir
-    reference = config.reference.get("test_accuracy")
+    reference = catalogue_reference.get("test_accuracy")
     seeds, evaluation, train = _read(out / "seeds.json"), _read(out / "eval.json"), _read(out / "train_metrics.json")
-    ref_dataset = config.reference.get("dataset", config.data.name)
+    ref_dataset = catalogue_reference.get("dataset", config.data.name)
     note = f"ran on {config.data.name}; reference is {ref_dataset}" if ref_dataset != config.data.name else ""
     # A search's result is its winner retrained with every seed (`cnnlab retrain-best`).
     if config.experiment == config.search.study and not seeds:
-        seeds = _read(out.parent / f"{config.search.study}_winner" / "seeds.json")
+        seeds = _read(StudyFiles.of(config).winner_seeds)
         if seeds:
             note = (note + "; " if note else "") + "search winner retrained"
     if seeds:
         mean, std, runs = seeds["test_accuracy_mean"], seeds["test_accuracy_std"], len(seeds["runs"])
         wall = seeds["wall_seconds_mean"]
-        parameters = seeds["parameters"]
+        parameters = total_parameters(seeds)
     elif evaluation:
         mean, std, runs = evaluation["test_accuracy"], None, 1
         wall = train["wall_seconds"] if train else None
-        parameters = evaluation["parameters"]
+        parameters = total_parameters(evaluation)
     else:
         mean = std = wall = parameters = None
         runs = 0
@@ -74,7 +76,12 @@ def experiment_row(config: Config, tolerance: float, why_missing: Callable[[str]
     if train and train.get("data_embedded"):
         note = (note + "; " if note else "") + "embedded 5k-digit MNIST subset, not the full set"
     return Row(config.experiment, config.data.name, "test_accuracy", reference, mean, std, runs, parameters, wall,
-               verdict(reference, mean, tolerance), note, str(config.reference.get("group", "")))
+               verdict(reference, mean, tolerance), note, str(catalogue_reference.get("group", "")))
+
+
+def total_parameters(result: dict[str, Any]) -> int:
+    """A results file's total parameter count (files written before the split count say "parameters")."""
+    return result.get("total_parameters", result.get("parameters"))
 
 
 def _pct(value: float | None) -> str:

@@ -13,6 +13,7 @@ and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -73,7 +76,7 @@ class HardBatchMiningConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 256
+    batch_size: int = 128  # images per step
     eval_batch_size: int = 1024
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = 0.001
@@ -156,7 +159,7 @@ class SearchSpaceConfig:
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [low, high]
     optimizers: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
     lr: list[float] = field(default_factory=lambda: [0.0003, 0.01])  # [low, high], log scale
-    batch_sizes: list[int] = field(default_factory=lambda: [128])
+    batch_sizes: list[int] = field(default_factory=lambda: [256])
 
 
 @dataclass
@@ -198,19 +201,17 @@ class ExportConfig:
 
 @dataclass
 class Config:
-    experiment: str = "e1_mnist_simple_cnn"
-    # Named experiments: each entry overrides the base sections (deep-merged) when selected with
-    # `-S experiment=<name>`. The base experiment (params.yaml's own `experiment`) needs no entry.
-    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # E6-E8, the same way; a map of its own because experiments/transfer/dvc.yaml wires their
-    # stages (a fine-tune depends on its pre-training), while experiments/dvc.yaml loops over `experiments`.
-    transfer_experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # What the catalogue reports for this experiment, e.g. {test_accuracy: 0.9901}; for `cnnlab compare`.
-    reference: dict[str, Any] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])  # `cnnlab seeds` trains one run per seed
+    """One run's settings: params.yaml's sections with the selected catalogue entry merged in."""
+
+    experiment: str = "e1_mnist_simple_cnn"  # the catalogue entry (catalogue.yaml) this run starts from
+    # The run's name: its outputs/<run>/ and models/<run>/ folders, its MLflow run and registered
+    # model. "" = the experiment's name. Only `-S run=<name>` sets it (never params.yaml), and
+    # load_config derives one when the command line changes the dataset or model (see run_identity).
+    run: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # `cnnlab seeds` trains one run per seed
     seed_workers: int = 1  # seeds trained at once, in processes that split the cores (cnnlab.parallel)
-    models_dir: str = "models"  # checkpoints and ONNX files, one folder per experiment
-    outputs_dir: str = "outputs"  # metrics, plots and reports, one folder per experiment
+    models_dir: str = "models"  # checkpoints and ONNX files, one folder per run
+    outputs_dir: str = "outputs"  # metrics, plots and reports, one folder per run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -225,12 +226,17 @@ class Config:
             raise ConfigError(f"seed_workers: {self.seed_workers} is not a number of processes; use 1 or more")
 
     @property
+    def name(self) -> str:
+        """The run's name (``run``, else the experiment's)."""
+        return self.run or self.experiment
+
+    @property
     def model_dir(self) -> Path:
-        return Path(self.models_dir) / self.experiment
+        return Path(self.models_dir) / self.name
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.outputs_dir) / self.experiment
+        return Path(self.outputs_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -366,67 +372,172 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return _build(Config, tree)
 
 
-EXPERIMENT_MAPS = ("experiments", "transfer_experiments")
+CATALOGUE_FILE = "catalogue.yaml"  # beside the params file
+# Catalogue entry keys that describe an entry rather than set a run's settings.
+ENTRY_META = ("extends", "reference", "pipeline")
+PIPELINES = ("catalogue", "main", "none")
+# What defines a run: changing one of these on the command line makes another run, which must
+# not land in (or register a model version under) the experiment's own name.
+IDENTITY_KEYS = ("data.name", "data.classes", "data.image_size", "model.name", "model.kwargs")
 
 
-def defined_experiments(tree: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Every named experiment -> (the map it is defined in, its overlay); names are unique across maps."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for map_name in EXPERIMENT_MAPS:
-        entries = tree.get(map_name) or {}
-        if not isinstance(entries, dict):
-            raise ConfigError(f"{map_name}: expected a mapping of experiment name -> overrides")
-        for name, overlay in entries.items():
-            if not isinstance(overlay, dict):
-                raise ConfigError(f"{map_name}.{name}: expected a mapping of overrides, got {overlay!r}")
-            if set(overlay) & {"experiment", *EXPERIMENT_MAPS}:
-                raise ConfigError(f"{map_name}.{name}: an experiment cannot select or define experiments")
-            if name in found:
-                raise ConfigError(f"experiment {name!r} is defined in both {found[name][0]} and {map_name}")
-            found[name] = (map_name, overlay)
-    return found
+@dataclass
+class Entry:
+    """One catalogue entry: its own overlay, what it extends, what the catalogue reports for it."""
+
+    name: str
+    overlay: dict[str, Any]
+    extends: str = ""
+    reference: dict[str, Any] = field(default_factory=dict)
+    pipeline: str = ""  # "" = inherited from what it extends, else "catalogue"
+    base: bool = False  # a template under `bases`: runs nowhere
 
 
-def resolve_experiment(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """params + the selected experiment's overlay + command-line overrides, in that order.
+class Catalogue:
+    """``catalogue.yaml``: experiments (and templates) as overrides of params.yaml.
 
-    Every overlay is validated, so a typo in any experiment fails at once, not hours later.
+        catalogue = Catalogue.load("catalogue.yaml")
+        catalogue.overlay("e3_cifar_k3_s2")   # the merged overrides, its `extends` chain first
+        catalogue.reference("e2_cifar10_alexnet")["test_accuracy"]
     """
-    experiments = defined_experiments(tree)
-    for name, (map_name, overlay) in experiments.items():
-        try:
-            config_from_dict(deep_merge(tree, overlay))
-        except ConfigError as err:
-            raise ConfigError(f"in {map_name}.{name}: {err}") from err
-    base_name = tree.get("experiment", Config.experiment)
-    name = overrides.get("experiment", base_name)
-    if name != base_name and name not in experiments:
-        raise ConfigError(f"experiment {name!r} is not defined under {' or '.join(EXPERIMENT_MAPS)} in params; "
-                          f"defined: {', '.join([base_name, *sorted(experiments)])}")
-    overlay = experiments[name][1] if name in experiments else {}
-    merged = deep_merge(tree, overlay)
-    if name != base_name:  # a reference figure belongs to one experiment: never inherited
-        merged["reference"] = overlay.get("reference", {})
-    return deep_merge(merged, overrides)
+
+    def __init__(self, path: Path, entries: dict[str, Entry]):
+        self.path = path
+        self.entries = entries
+        for name in entries:
+            self.lineage(name)  # a cycle or an unknown parent fails at load, not hours later
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Catalogue":
+        path = Path(path)
+        tree = read_yaml(path, "catalogue") if path.exists() else {}
+        unknown = sorted(set(tree) - {"bases", "experiments"})
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; valid: bases, experiments")
+        entries: dict[str, Entry] = {}
+        for section in ("bases", "experiments"):
+            mapping = tree.get(section) or {}
+            if not isinstance(mapping, dict):
+                raise ConfigError(f"{path}: {section} must map a name to its settings")
+            for name, body in mapping.items():
+                if not isinstance(body, dict):
+                    raise ConfigError(f"{path}: {section}.{name} must be a mapping of settings, got {body!r}")
+                if name in entries:
+                    raise ConfigError(f"{path}: {name!r} is defined twice (names are shared by bases and experiments)")
+                if set(body) & {"experiment", "run"}:
+                    raise ConfigError(f"{path}: {section}.{name} cannot set `experiment` or `run`")
+                pipeline = body.get("pipeline", "")
+                if pipeline and pipeline not in PIPELINES:
+                    raise ConfigError(f"{path}: {section}.{name}.pipeline={pipeline!r}; choose one of {PIPELINES}")
+                entries[name] = Entry(name, {k: v for k, v in body.items() if k not in ENTRY_META},
+                                      body.get("extends", ""), body.get("reference") or {}, pipeline,
+                                      base=section == "bases")
+        return cls(path, entries)
+
+    def experiments(self) -> list[str]:
+        return [name for name, entry in self.entries.items() if not entry.base]
+
+    def entry(self, name: str) -> Entry:
+        if name not in self.entries or self.entries[name].base:
+            raise ConfigError(f"experiment {name!r} is not in {self.path}; defined: {', '.join(self.experiments())}")
+        return self.entries[name]
+
+    def lineage(self, name: str) -> list[Entry]:
+        """The entry and everything it extends, the furthest ancestor first."""
+        chain: list[Entry] = []
+        while name:
+            if name not in self.entries:
+                raise ConfigError(f"{self.path}: {chain[-1].name} extends {name!r}, which is not defined")
+            if any(e.name == name for e in chain):
+                raise ConfigError(f"{self.path}: `extends` loops through {name!r}")
+            chain.append(self.entries[name])
+            name = chain[-1].extends
+        return chain[::-1]
+
+    def overlay(self, name: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for entry in self.lineage(name):
+            merged = deep_merge(merged, entry.overlay)
+        return merged
+
+    def reference(self, name: str) -> dict[str, Any]:
+        return self.entry(name).reference  # a reference figure belongs to one experiment: never inherited
+
+    def pipeline(self, name: str) -> str:
+        return next((e.pipeline for e in reversed(self.lineage(name)) if e.pipeline), "catalogue")
 
 
-def read_params(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"params file {path} not found; run from the project root or pass --params")
+def sections() -> list[str]:
+    """The top-level keys that hold a section of settings (data, model, train, ...)."""
+    return [name for name, tp in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(tp)]
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+        raise ConfigError(f"{path} must hold a mapping ({what}), got {type(tree).__name__}")
     return tree
 
 
+def read_params(path: str | Path) -> dict[str, Any]:
+    """params.yaml, which must hold every section: a missing one would silently run on code defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} not found; run from the project root or pass --params")
+    tree = read_yaml(path, "of settings")
+    if "run" in tree:
+        raise ConfigError(f"{path}: `run` names one run and is set on the command line only (-S run=<name>)")
+    missing = [s for s in sections() if s not in tree]
+    if missing:
+        raise ConfigError(f"{path} has no {', '.join(missing)} section(s); every section must be there "
+                          "(copy it from the project's params.yaml)")
+    return tree
+
+
+def catalogue_for(params_path: str | Path) -> Catalogue:
+    return Catalogue.load(Path(params_path).parent / CATALOGUE_FILE)
+
+
+def run_identity(experiment: str, cli: dict[str, Any]) -> str:
+    """A run name for command-line overrides of what defines a run (IDENTITY_KEYS), so that
+    ``-S data.name=fashion_mnist`` never writes E1's outputs or registers a version of E1's model."""
+    flat = flatten(cli)
+    changed = [(key, value) for key, value in flat.items()
+               if any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)]
+    if not changed:
+        return ""
+    words = [str(value) if key.endswith(".name") else f"{key.rsplit('.', 1)[-1]}{value}" for key, value in changed]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join([experiment, *words])).strip("_")
+
+
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Load ``params.yaml``, apply the experiment overlay and ``section.key=value`` overrides."""
+    """params.yaml, the selected catalogue entry over it, then ``section.key=value`` overrides."""
+    tree = read_params(path)
     cli = apply_overrides({}, list(overrides or []))
-    return config_from_dict(resolve_experiment(read_params(path), cli))
+    name = cli.get("experiment", tree.get("experiment", Config.experiment))
+    catalogue = catalogue_for(path)
+    catalogue.entry(name)
+    for other in catalogue.experiments():  # a typo in any entry fails at once, not hours later
+        try:
+            config_from_dict(deep_merge(tree, catalogue.overlay(other)))
+        except ConfigError as err:
+            raise ConfigError(f"in {catalogue.path.name} experiments.{other}: {err}") from err
+    merged = deep_merge(deep_merge(tree, catalogue.overlay(name)), cli)
+    merged["experiment"] = name
+    if not merged.get("run"):
+        merged["run"] = run_identity(name, cli)
+        if merged["run"]:
+            log.warning("the command line changes what defines %s; this run is named %s "
+                        "(name it yourself with -S run=<name>)", name, merged["run"])
+    return config_from_dict(merged)
+
+
+def read_run_config(path: str | Path) -> Config:
+    """A run's saved config.yaml (already resolved: no catalogue entry is merged in again)."""
+    return config_from_dict(read_yaml(Path(path), "a run's settings"))
 
 
 def save_config(config: Config, path: str | Path) -> Path:

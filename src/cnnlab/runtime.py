@@ -112,9 +112,15 @@ def set_threads(threads: int = 0) -> int:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch's global RNG (weight init, dropout); returns a generator of
+    its own for the data order."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    return seeded_generator(seed)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator

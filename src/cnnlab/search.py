@@ -29,7 +29,8 @@ from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceC
 from .data import PreparedData
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
-from .train import TrainingDiverged, fit, resolve_model_kwargs
+from .builder import build_model, resolve_model_kwargs
+from .train import TrainingDiverged, fit
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ class Objective:
     def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
         train = dataclasses.replace(self.config.train, epochs=self.search.trial_epochs, progress=False,
                                     resume_from="", **training)
-        return dataclasses.replace(self.config, experiment=f"{self.search.study}/trial{trial.number:04d}",
+        return dataclasses.replace(self.config, run=f"{self.search.study}/trial{trial.number:04d}",
                                    model=ModelConfig("search_cnn", model_kwargs), train=train)
 
     def __call__(self, trial: optuna.Trial):
@@ -208,10 +209,10 @@ class Objective:
         config = self.trial_config(trial, model_kwargs, training)
         tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
                              tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number)})
-        tracker.log_config(config, parameters)
+        tracker.log_config(config, {"total_parameters": parameters})
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         try:
-            result = fit(config, self.data, TrialReporter(trial, tracker, not self.search.multi_objective))
+            result = fit(config, self.data, build_model(config, self.data), TrialReporter(trial, tracker, not self.search.multi_objective))
         except optuna.TrialPruned as err:
             self._close(trial, tracker, "PRUNED", str(err), "FINISHED")
             raise
@@ -242,7 +243,24 @@ def ensure_parent_run(study: optuna.Study, config: Config) -> str:
     if tracker.run_id != parent:
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
         tracker.log_params({f"search.{k}": v for k, v in dataclasses.asdict(config.search).items() if k != "space"})
+    else:  # a resumed study: its parent run ended with the last invocation and runs again
+        tracker.client.update_run(tracker.run_id, status="RUNNING")
     return tracker.run_id
+
+
+def end_parent_run(config: Config, status: str, reason: str = "") -> None:
+    """End the study's parent run with ``status`` when a `cnnlab search` invocation ends."""
+    from .tracking import RunTracker
+
+    try:
+        parent = open_study(config.search).user_attrs.get(PARENT_RUN_ATTR)
+        if parent:
+            tracker = RunTracker(config, run_id=parent)
+            if reason:
+                tracker.set_tags({"cnnlab.failure": reason[:1000]})
+            tracker.set_terminated(status)
+    except Exception as err:  # noqa: BLE001 - never hide the error that ended the search
+        log.warning("could not end the parent run of study %s: %s", config.search.study, err)
 
 
 def finished_trials(study: optuna.Study) -> int:

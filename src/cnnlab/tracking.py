@@ -140,11 +140,12 @@ class RunTracker:
         for start in range(0, len(items), 100):  # MLflow's batch limit is 100 params
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_config(self, config: Config, parameters: int) -> None:
+    def log_config(self, config: Config, counts: dict[str, int]) -> None:
+        """The run's settings as params, and its parameter counts (``total_parameters``, ...)."""
         flat = flatten(config.to_dict())
-        flat["model.parameters"] = parameters
+        flat.update({f"model.{k}": v for k, v in counts.items()})
         self.log_params(flat)
-        self.set_tags({"model.parameters": str(parameters), "model.name": config.model.name})
+        self.set_tags({**{f"model.{k}": str(v) for k, v in counts.items()}, "model.name": config.model.name})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -214,9 +215,11 @@ def _version(package: str) -> str:
 
 
 def reopen_run(config: Config, run_info_path: Path) -> RunTracker:
-    """The training run recorded in ``run.json`` (or a new one if that store was reset)."""
-    run_id = json.loads(run_info_path.read_text())["run_id"] if run_info_path.exists() else None
-    return RunTracker(config, run_id=run_id)
+    """The finished training run recorded in ``run.json`` (a new one if that store was reset)."""
+    if not run_info_path.exists():
+        raise FileNotFoundError(f"{run_info_path} not found: no finished training run to log into; "
+                                f"run `cnnlab train -S experiment={config.experiment}` first")
+    return RunTracker(config, run_id=json.loads(run_info_path.read_text())["run_id"])
 
 
 def register_model(tracker: RunTracker, model_uri: str, name: str, alias: str, score_key: str,

@@ -1,4 +1,4 @@
-"""The training loop: ``fit(config, data, tracker) -> FitResult``.
+"""The training loop: ``fit(config, data, start, listener) -> FitResult``.
 
 Whole datasets stay in memory as uint8 tensors; each step gathers a batch by index,
 normalises and augments it as one tensor operation, and runs under bf16 autocast with
@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, with_tta
+from .builder import ModelStart
+from .checkpoint import save_checkpoint, with_tta
 from .config import Config, TrainConfig
 from .data import PreparedData
-from .models import count_parameters, create_model, model_entry
-from .runtime import Runtime, resolve_runtime, seed_everything, set_threads
-from .transfer import (apply_policy, checkpoint_arguments, fit_linear_svm, init_from_checkpoint, model_arguments,
-                       resolve_init_source, set_head)
+from .models import total_parameters, trainable_parameters
+from .runtime import Runtime, resolve_runtime, seeded_generator, set_threads
+from .transfer import fit_linear_svm, set_head
 
 
 class TrainingDiverged(RuntimeError):
@@ -44,7 +44,8 @@ class FitResult:
     batch_losses: list[float]
     best_epoch: int
     best_val_accuracy: float
-    parameters: int
+    trainable_parameters: int
+    total_parameters: int
     wall_seconds: float
     runtime: str
     best_path: Path
@@ -146,18 +147,6 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     return None, False
 
 
-def resolve_model_kwargs(name: str, kwargs: dict[str, Any], data: PreparedData) -> dict[str, Any]:
-    """Fill in_channels / num_classes / image_size from the data unless params set them."""
-    import inspect
-
-    accepted = inspect.signature(model_entry(name).builder).parameters
-    derived = {"in_channels": data.input_shape[0], "num_classes": data.num_classes,
-               "image_size": data.input_shape[1]}
-    resolved = {k: v for k, v in derived.items() if k in accepted}
-    resolved.update(kwargs)
-    return resolved
-
-
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, transform: BatchTransform, batch_size: int,
             tta: str = "none"):
@@ -189,19 +178,6 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, cfg: TrainConfig, l
         )
 
 
-def build_transfer_model(config: Config, data: PreparedData) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """(model with its starting weights, the arguments a checkpoint rebuilds it from, what was loaded)."""
-    kwargs = model_arguments(resolve_model_kwargs(config.model.name, config.model.kwargs, data), config.transfer)
-    model = create_model(config.model.name, **kwargs)
-    transfer: dict[str, Any] = {"policy": config.transfer.policy}
-    if getattr(model, "pretrained_report", None):
-        transfer["pretrained"] = model.pretrained_report
-    if config.transfer.init_from and config.transfer.policy != "scratch":
-        source = resolve_init_source(config.transfer.init_from)
-        transfer["init_from"] = init_from_checkpoint(model, config.model.name, load_checkpoint(source), str(source))
-    return model, checkpoint_arguments(kwargs), transfer
-
-
 def fit_svm_head(model: nn.Module, data: PreparedData, transform: BatchTransform, config: Config,
                  started: float) -> dict[str, float]:
     """transfer.policy=svm: frozen features -> a linear SVM that becomes the head; one history record."""
@@ -225,55 +201,34 @@ def fit_svm_head(model: nn.Module, data: PreparedData, transform: BatchTransform
     return record
 
 
-def fit(config: Config, data: PreparedData, listener: EpochListener | None = None) -> FitResult:
+def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochListener | None = None) -> FitResult:
+    """Train ``start.model`` (built by ``builder.build_model``) under ``config.train``."""
     cfg = config.train
     set_threads(cfg.threads)
     runtime = resolve_runtime(cfg.device, cfg.precision)
-    generator = seed_everything(cfg.seed)
+    # The global RNG was seeded when the network was built (builder.build_model) and now drives
+    # dropout; the data order has a generator of its own.
+    generator = seeded_generator(cfg.seed)
     model_dir = config.model_dir
     best_path, last_path = model_dir / "best.pt", model_dir / "last.pt"
 
-    history: list[dict[str, float]] = []
-    batch_losses: list[float] = []
-    start_epoch = 0
-    if cfg.resume_from:
-        state = load_checkpoint(cfg.resume_from)
-        if "optimizer" not in state:
-            raise CheckpointError(f"{cfg.resume_from} holds no optimizer state; resume from a last.pt")
-        model_name, model_kwargs = state["model_name"], state["model_kwargs"]
-        history, batch_losses = list(state["history"]), list(state.get("batch_losses", []))
-        start_epoch = state["epoch"]
-        saved_optimizer = state["config"]["train"]["optimizer"]
-        if saved_optimizer != cfg.optimizer:
-            raise ValueError(f"{cfg.resume_from} was trained with {saved_optimizer}; resume with "
-                             f"train.optimizer={saved_optimizer} (its state cannot seed {cfg.optimizer})")
-        if cfg.epochs <= start_epoch:
-            raise ValueError(f"{cfg.resume_from} already has {start_epoch} epochs; set train.epochs above that "
-                             "(it is the new total)")
-        model = create_model(model_name, **model_kwargs)
-        transfer = {}
-    else:
-        model_name = config.model.name
-        model, model_kwargs, transfer = build_transfer_model(config, data)
-    plan = apply_policy(model, config.transfer)
-    transfer["plan"] = plan.describe()
-    transfer["frozen_parameters"] = plan.frozen_parameters
-    if plan.frozen or transfer.get("init_from") or config.transfer.policy != "train_all":
-        print(f"transfer: {plan.describe()}", flush=True)  # silent for ordinary training
-    model = model.to(runtime.device)
+    resumed = start.resumed or {}
+    history: list[dict[str, float]] = list(resumed.get("history", []))
+    batch_losses: list[float] = list(resumed.get("batch_losses", []))
+    model_name, model_kwargs, transfer = start.model_name, start.model_kwargs, start.transfer
+    model = start.model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)
     scheduler, per_batch = make_scheduler(optimizer, cfg, steps_per_epoch)
-    if cfg.resume_from:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scheduler is not None and resumed.get("scheduler"):
+            scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
     transform = BatchTransform(data.mean, data.std, runtime, cfg.augment)
-    parameters = count_parameters(model)  # trainable ones: frozen layers are not counted
+    trainable = trainable_parameters(model)  # frozen layers are not counted
     best_val = max((h["val_accuracy"] for h in history), default=-1.0)
     best_epoch = max(history, key=lambda h: h["val_accuracy"])["epoch"] if history else 0
 
@@ -281,7 +236,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         return {"config": config.to_dict(), "model_name": model_name, "model_kwargs": model_kwargs,
                 "state_dict": model.state_dict(), "epoch": epoch, "classes": data.classes,
                 "input_shape": list(data.input_shape), "normalization": {"mean": data.mean, "std": data.std},
-                "parameters": parameters, "total_parameters": count_parameters(model, trainable_only=False),
+                "trainable_parameters": trainable, "total_parameters": total_parameters(model),
                 "data_sha256": data.provenance.get("content_sha256", ""),
                 "transfer": transfer, **extra}
 
@@ -293,7 +248,8 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         if listener is not None:
             listener.on_epoch_end(history[0])
         return FitResult(history=history, batch_losses=[], best_epoch=1, best_val_accuracy=history[0]["val_accuracy"],
-                         parameters=parameters, wall_seconds=time.perf_counter() - started,
+                         trainable_parameters=trainable, total_parameters=total_parameters(model),
+                         wall_seconds=time.perf_counter() - started,
                          runtime=runtime.describe(), best_path=best_path, last_path=last_path, transfer=transfer)
     x_train, y_train = data.x_train, data.y_train
     mining = cfg.hard_batch_mining
@@ -314,7 +270,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
         batch_losses.append(loss_value)
         return loss_value, int((logits.argmax(1) == labels).sum())
 
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    for epoch in range(start.start_epoch + 1, cfg.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(len(y_train), generator=generator)
@@ -368,6 +324,7 @@ def fit(config: Config, data: PreparedData, listener: EpochListener | None = Non
 
     return FitResult(
         history=history, batch_losses=batch_losses, best_epoch=best_epoch, best_val_accuracy=best_val,
-        parameters=parameters, wall_seconds=time.perf_counter() - started, runtime=runtime.describe(),
+        trainable_parameters=trainable, total_parameters=total_parameters(model),
+        wall_seconds=time.perf_counter() - started, runtime=runtime.describe(),
         best_path=best_path, last_path=last_path, transfer=transfer,
     )

@@ -62,5 +62,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return entry.builder(**kwargs)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def trainable_parameters(model: nn.Module) -> int:
+    """Parameters the optimizer updates: frozen layers (``requires_grad=False``) are not counted."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def total_parameters(model: nn.Module) -> int:
+    """Every parameter of the model, frozen or not (what a parameter budget limits)."""
+    return sum(p.numel() for p in model.parameters())

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .layers import Dropout
-from .registry import count_parameters, create_model, register_model
+from .registry import create_model, register_model, total_parameters
 
 BLOCK_STYLES = ("plain", "residual", "inception")
 POOLINGS = ("max", "avg")
@@ -195,7 +195,7 @@ def search_cnn(block_style: str = "residual", widths: Sequence[int] = DEFAULT_WI
 
 def count_for(kwargs: dict[str, Any]) -> int:
     """Trainable parameters of ``search_cnn(**kwargs)``, counted on the built model."""
-    return count_parameters(create_model("search_cnn", **kwargs))
+    return total_parameters(create_model("search_cnn", **kwargs))
 
 
 def scale_width(width: int, factor: float, min_width: int) -> int:

@@ -1,0 +1,49 @@
+"""``cnnlab freeze-sweep`` (E6): fine-tune once per k with the first k layers frozen, and once
+from scratch; accuracy and training time against k in ``freeze_sweep.json`` and a figure."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .. import report as plots
+from ..builder import resolve_model_kwargs
+from ..config import Config
+from ..contract import RunFiles
+from ..data import load_view
+from ..files import write_json
+from ..models import create_model
+from ..transfer import checkpoint_arguments, network_layers
+from .evaluate import evaluate
+from .train import train
+
+
+def variant(config: Config, name: str, **transfer: Any) -> dict[str, Any]:
+    run = dataclasses.replace(config, run=f"{config.name}/{name}",
+                              transfer=dataclasses.replace(config.transfer, **transfer))
+    print(f"== {run.name}", flush=True)
+    trained = train(run)
+    evaluation = evaluate(run)
+    return {"test_accuracy": evaluation["test_accuracy"], "wall_seconds": trained.metrics["wall_seconds"],
+            "trainable_parameters": trained.metrics["trainable_parameters"],
+            "frozen_parameters": trained.metrics["frozen_parameters"],
+            "best_val_accuracy": trained.metrics["best_val_accuracy"], "run_id": trained.run_id}
+
+
+def freeze_sweep(config: Config) -> dict[str, Any]:
+    files = RunFiles.of(config)
+    data = load_view(files.prepared, config.data)
+    kwargs = checkpoint_arguments(resolve_model_kwargs(config.model.name, config.model.kwargs, data))
+    body = len(network_layers(create_model(config.model.name, **kwargs))) - 1  # layers before the head
+    ks = config.transfer.sweep_k or list(range(body + 1))
+    runs = [{"freeze_k": k, **variant(config, f"freeze{k}", policy="freeze_first_k", freeze_k=k)} for k in ks]
+    scratch = variant(config, "scratch", policy="scratch")
+    best = max(runs, key=lambda r: r["best_val_accuracy"])  # chosen on validation; test is reported
+    sweep = {"experiment": config.name, "layers": body + 1, "runs": runs, "best_k": best["freeze_k"],
+             "scratch_test_accuracy": scratch["test_accuracy"], "scratch": scratch,
+             "train_samples": len(data.y_train), "classes": data.classes}
+    write_json(files.freeze_sweep, sweep)
+    figure = plots.plot_freeze_sweep(sweep, files.freeze_sweep_figure)
+    print(f"{config.name}: best k={best['freeze_k']} on validation ({best['best_val_accuracy']:.4f}), test accuracy "
+          f"{best['test_accuracy']:.4f}; from scratch {scratch['test_accuracy']:.4f}; figure {figure}")
+    return sweep

@@ -1,0 +1,36 @@
+"""``cnnlab register``: the run's logged model as a registry version, the alias on the best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config
+from ..contract import RunFiles
+from ..files import read_json, write_json
+from ..tracking import register_model, reopen_run
+
+
+def registered_name(config: Config) -> str:
+    """``tracking.registered_model``, else the run's name with hyphens (e1-mnist-simple-cnn)."""
+    return config.tracking.registered_model or config.name.replace("_", "-").replace("/", "-")
+
+
+def register(config: Config) -> dict[str, Any]:
+    files = RunFiles.of(config)
+    parity = read_json(files.parity, "export")
+    if not parity.get("passed"):
+        raise RuntimeError(f"{files.parity} records a failed ONNX parity check; refusing to register")
+    evaluation = read_json(files.eval, "evaluate")
+    tracker = reopen_run(config, files.run_info)
+    model_uri = tracker.client.get_run(tracker.run_id).data.tags.get("model.uri")
+    if not model_uri:
+        raise RuntimeError(f"MLflow run {tracker.run_id} has no logged model (tracking.log_model was false "
+                           "when it trained); retrain with -S tracking.log_model=true")
+    name = registered_name(config)
+    record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
+                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id})
+    write_json(files.registered, record)
+    moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
+        f"alias '{record['alias']}' stays on v{record['previous_alias_version']} (scores higher)"
+    print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
+    return record

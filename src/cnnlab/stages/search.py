@@ -1,0 +1,87 @@
+"""``cnnlab search``, ``search-report`` and ``retrain-best``: E5's study and its winner."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, ModelConfig
+from ..contract import RunFiles, StudyFiles, winner_name
+from ..files import read_json
+from .export import export
+from .register import register
+from .seeds import seeds
+
+
+def search(config: Config) -> dict[str, Any]:
+    """Run or resume the study; what search.json holds. The study's MLflow parent run runs while
+    this invocation works on the study and ends with it, whatever ends it."""
+    from ..search import end_parent_run, search_with_workers, write_summary
+
+    try:
+        study = search_with_workers(config, RunFiles.of(config).prepared)
+    except BaseException as err:
+        end_parent_run(config, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", str(err) or repr(err))
+        raise
+    summary = write_summary(study, StudyFiles.of(config).search_summary, config.search.param_budget)
+    end_parent_run(config, "FINISHED")
+    states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
+    print(f"study {study.study_name}: {states}")
+    for best in summary["best"]:
+        print(f"best trial {best['number']}: val accuracy {best['val_accuracy']:.4f}, "
+              f"{best['parameters']:,d} parameters, {best['model_kwargs']}")
+    return summary
+
+
+def search_report(config: Config) -> list[Path]:
+    """The study's figures from search.json, logged to the study's MLflow parent run."""
+    from .. import report as plots
+    from ..tracking import RunTracker
+
+    files = StudyFiles.of(config)
+    summary = read_json(files.search_summary, "search")
+    figures = [
+        plots.plot_search_history(summary, files.search_figures / "history.png"),
+        plots.plot_accuracy_vs_parameters(summary, files.search_figures / "accuracy_vs_parameters.png"),
+        plots.plot_param_importances(summary, files.search_figures / "param_importances.png"),
+        plots.plot_parallel_coordinates(summary, files.search_figures / "parallel_coordinates.png"),
+    ]
+    if summary.get("mlflow_parent_run_id"):
+        parent = RunTracker(config, run_id=summary["mlflow_parent_run_id"])
+        parent.log_artifacts(figures, "search_figures")
+        parent.log_artifact(files.search_summary)
+    print("search figures: " + ", ".join(str(f) for f in figures))
+    return figures
+
+
+def winner_config(config: Config, best: dict[str, Any]) -> Config:
+    """The experiment's full training recipe with the search winner's architecture and optimizer."""
+    train = dataclasses.replace(config.train, optimizer=best["params"]["optimizer"], lr=best["params"]["lr"],
+                                batch_size=best["params"]["batch_size"])
+    return dataclasses.replace(config, run=winner_name(config.search.study), train=train,
+                               model=ModelConfig("search_cnn", best["model_kwargs"]))
+
+
+def retrain_best(config: Config) -> dict[str, Any]:
+    """Retrain the best trial with every seed, then export and register the seed with the best
+    validation accuracy (test accuracy is reported, never used to choose)."""
+    from ..models.searchable import count_for
+
+    summary = read_json(StudyFiles.of(config).search_summary, "search")
+    if not summary["best"]:
+        raise RuntimeError(f"study {config.search.study} has no complete trial yet; run `cnnlab search` longer")
+    best = max(summary["best"], key=lambda b: b["val_accuracy"])  # Pareto front: its most accurate member
+    parameters = count_for(best["model_kwargs"])
+    if parameters > config.search.param_budget:
+        raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "
+                           f"{config.search.param_budget:,d}; refusing to train it")
+    winner = winner_config(config, best)
+    print(f"retraining trial {best['number']} ({parameters:,d} parameters) as {winner.name} "
+          f"with seeds {winner.seeds}", flush=True)
+    result = seeds(winner)
+    chosen_seed = max(result["runs"], key=lambda r: r["best_val_accuracy"])["seed"]
+    tracking = dataclasses.replace(winner.tracking, registered_model=winner.name.replace("_", "-"))
+    chosen = dataclasses.replace(winner, run=f"{winner.name}/seed{chosen_seed}", tracking=tracking)
+    export(chosen)
+    return {**result, "registered": register(chosen), "registered_seed": chosen_seed}

@@ -1,0 +1,110 @@
+"""The stage contract: dvc.yaml is what the contract generates, and every stage reads and imports
+only what it declares (checked by running each stage on tiny data under a tracer)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cnnlab.config import load_config
+from cnnlab.contract import STAGES, SWEEPS, UNTRACKED_KEYS, RunFiles, expand, stage
+from cnnlab.dvcgen import generated
+
+from .conftest import PROJECT_ROOT
+
+
+def test_committed_dvc_yaml_files_are_the_generated_ones():
+    for path, text in generated(PROJECT_ROOT).items():
+        assert path.read_text() == text, f"{path} differs from the stage contract: run `cnnlab dvc-yaml`"
+
+
+def test_results_free_settings_are_not_dvc_params():
+    params = set(STAGES["train"].params())
+    assert {"train.lr", "data.train_subset", "data.classes", "transfer.policy", "train.augment"} <= params
+    assert not {"train.threads", "train.progress", "tracking.uri", "seed_workers"} & params
+
+
+def test_catalogue_entries_bring_their_own_and_inherited_sections():
+    tree = yaml.safe_load((PROJECT_ROOT / "experiments" / "dvc.yaml").read_text())["stages"]
+    params = tree["train-e3_cifar_k3_s2"]["params"]
+    assert {"catalogue.yaml": ["bases.cifar10.data", "bases.e3_cifar.model", "bases.e3_cifar.train",
+                               "experiments.e3_cifar_k3_s2.model"]} in params
+    evaluate = tree["evaluate-e3_cifar_k3_s2"]["params"][-1]["catalogue.yaml"]
+    assert "bases.e3_cifar.model" not in evaluate  # evaluate rebuilds the model from the checkpoint
+    assert "models/e6_pretrain_digits/best.pt" in tree["train-e6_finetune"]["deps"]  # transfer.init_from
+    assert "src/cnnlab/augment.py" in tree["train-e2_cifar10_alexnet"]["deps"]
+    assert "src/cnnlab/report.py" not in tree["train-e2_cifar10_alexnet"]["deps"]
+
+
+def test_every_declared_key_is_a_setting():
+    for spec in (*STAGES.values(), *SWEEPS.values()):
+        for key in (*spec.reads, *spec.skip):
+            assert expand(key), key
+    for key in UNTRACKED_KEYS:
+        assert expand(key)
+
+
+def module_path(module: str) -> str:
+    parts = module.split(".")[1:]
+    base = PROJECT_ROOT / "src" / "cnnlab" / "/".join(parts)
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    return path.relative_to(PROJECT_ROOT).as_posix()
+
+
+def declared_code(spec) -> set[str]:
+    return set(spec.code())
+
+
+def covered_by_code(path: str, code: set[str]) -> bool:
+    if not (PROJECT_ROOT / path).exists():  # a namespace package (cnnlab itself) runs no code
+        return True
+    return path in code or any(path.startswith(entry + "/") for entry in code)
+
+
+# Every stage, in an order where each finds what it reads; overrides shrink it to seconds.
+PROBES = ("prepare", "train", "evaluate", "analyze", "report", "export", "register", "seeds", "freeze_sweep",
+          "search", "search_report", "retrain_best", "separability", "compare")
+
+
+@pytest.mark.slow
+def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, datasets_dir, tracking_uri):
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT_ROOT / "params.yaml").read_text())
+    catalogue = yaml.safe_load((PROJECT_ROOT / "catalogue.yaml").read_text())
+    catalogue["experiments"]["e1_mnist_simple_cnn"]["reference"]["group"] = "probe"
+    (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump(catalogue))
+    overrides = [
+        f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
+        f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}", "data.download=false",
+        "data.train_subset=600", "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
+        f"tracking.experiment=probe-{tmp_path.name}", "analysis.tsne_points=200", "seeds=[0, 1]",
+        f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=probe-{tmp_path.name}",
+        "search.n_trials=1", "search.trial_epochs=1", "search.trial_train_subset=300",
+        "search.space.stages=[2, 2]", "search.space.widths=[8]", "search.space.block_styles=[plain]",
+        f"transfer.init_from={tmp_path / 'models' / 'e1_mnist_simple_cnn' / 'best.pt'}", "transfer.sweep_k=[0, 1]",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    problems = []
+    for name in PROBES:
+        spec = stage(name)
+        out = tmp_path / f"{name}.json"
+        # freeze_sweep alone fine-tunes from a checkpoint: the others train from scratch
+        args = [a for a in overrides if name == "freeze_sweep" or not a.startswith("transfer.")]
+        command = [sys.executable, "-m", "tests.stage_probe", name, str(out), "--params", str(params),
+                   "--group", "probe", *[item for a in args for item in ("-S", a)]]
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        probe = json.loads(out.read_text())
+        undeclared_reads = [key for key in probe["reads"] if not spec.covers(key)]
+        code = declared_code(spec)
+        undeclared_modules = [m for m in probe["modules"] if not covered_by_code(module_path(m), code)]
+        if undeclared_reads or undeclared_modules:
+            problems.append(f"{name}: reads {undeclared_reads}, imports {undeclared_modules}")
+        if name == "train":  # the tracer sees real reads
+            assert {"train.lr", "data.train_subset", "transfer.policy", "train.augment.hflip"} <= set(probe["reads"])
+    assert not problems, "undeclared in cnnlab/contract.py:\n" + "\n".join(problems)
+    files = RunFiles.of(load_config(params, [f"outputs_dir={tmp_path / 'outputs'}"]))
+    assert files.report.exists() and (tmp_path / "outputs" / "probe" / "separability.json").exists()
