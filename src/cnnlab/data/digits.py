@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torchvision
 
-from .base import DatasetError, RawDataset, SourceContext, tensor_digest, verify_file
+from ..hashing import tensor_digest
+from .base import DatasetError, RawDataset, SourceContext, verify_file
 
 log = logging.getLogger(__name__)
 

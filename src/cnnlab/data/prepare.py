@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from sklearn.model_selection import train_test_split
 
-from .base import DatasetError, RawDataset, tensor_digest
+from ..hashing import tensor_digest
+from .base import DatasetError, RawDataset
 
 
 @dataclass
