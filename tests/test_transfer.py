@@ -111,9 +111,10 @@ def test_init_from_checkpoint_loads_all_but_a_head_of_another_shape():
 def test_init_from_checkpoint_rejects_another_architecture():
     payload = {"model_name": "search_cnn", "state_dict": create_model("search_cnn", **PLAIN_BN).state_dict()}
     wider = create_model("search_cnn", **{**PLAIN_BN, "widths": [8, 32]})
+    # The head's input width differs too: that is another body, not another number of classes.
     with pytest.raises(WeightsError, match=r"transfer.init_from=pre.pt is not a search_cnn of this model's shape: "
-                                           r"shape mismatches \(11\): classifier.weight: file \(10, 16\) vs model \(10, 32\), "
-                                           r"stages.*Use the same model.kwargs"):
+                                           r"shape mismatches \(11\): classifier.weight: file \(10, 16\) vs "
+                                           r"model \(10, 32\), stages.*Use the same model.kwargs"):
         init_from_checkpoint(wider, "search_cnn", payload, "pre.pt")
     with pytest.raises(TransferError, match="holds a search_cnn, but model.name is simple_cnn"):
         init_from_checkpoint(create_model("simple_cnn"), "simple_cnn", payload, "pre.pt")
