@@ -9,10 +9,10 @@ from torch import nn
 
 from cnnlab import report
 from cnnlab.analysis import (
-    feature_maps, format_layer_table, layer_summary, pick_examples, stratified_sample, summary_total,
-    tsne_embedding, weight_histograms,
+    feature_maps, format_layer_table, layer_summary, pick_examples, summary_total, tsne_embedding, weight_histograms,
 )
-from cnnlab.models import total_parameters, create_model, list_models, model_entry
+from cnnlab.data.sampling import stratified_sample
+from cnnlab.models import create_model, list_models, model_entry, total_parameters
 from cnnlab.runtime import resolve_runtime
 from cnnlab.train import BatchTransform
 
@@ -91,15 +91,6 @@ def test_layer_table_has_a_row_per_layer_and_the_total():
     assert len(table) == 2 + len(rows) + 1
     assert table[-1] == "| **total** | | | **813,802** |"
     assert "| pool | MaxPool2d | 32 × 14 × 14 | 0 |" in table
-
-
-def test_stratified_sample_keeps_class_proportions(mnist_small):
-    labels = mnist_small.y_test.numpy()
-    keep = stratified_sample(labels, 1000, seed=0)
-    assert len(keep) == len(set(keep)) == 1000 and (np.diff(keep) > 0).all()
-    expected = np.bincount(labels) / len(labels) * 1000
-    assert np.abs(np.bincount(labels[keep]) - expected).max() <= 1
-    assert (stratified_sample(labels, len(labels) + 5) == np.arange(len(labels))).all()
 
 
 def test_tsne_of_real_digits_keeps_classes_apart(mnist_tsne):

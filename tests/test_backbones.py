@@ -16,6 +16,7 @@ from torchvision.models import AlexNet_Weights, ResNet18_Weights, ResNet50_Weigh
 
 from cnnlab.models import total_parameters, create_model
 from cnnlab.models.torchvision_backbones import PretrainedWeightsError
+from cnnlab.models.weights import WeightsError
 
 # name -> (the torchvision module name of the head, feature width, the ImageNet weights used without weights_path)
 BACKBONES = {
@@ -103,7 +104,7 @@ def test_a_matching_sha256_or_its_prefix_is_accepted_and_a_wrong_one_names_both(
 
 def test_another_architecture_names_missing_and_mismatched_keys(weight_files):
     path, _ = weight_files("resnet18")
-    with pytest.raises(PretrainedWeightsError) as error:
+    with pytest.raises(WeightsError) as error:
         create_model("resnet50", num_classes=2, pretrained=True, weights_path=str(path))
     message = str(error.value)
     assert "is not a torchvision resnet50 state dict" in message
@@ -117,7 +118,7 @@ def test_renamed_keys_are_unexpected_and_missing(weight_files, tmp_path):
     _, state = weight_files("resnet18")
     prefixed = {f"backbone.{k}": v for k, v in state.items()}
     torch.save(prefixed, tmp_path / "prefixed.pth")
-    with pytest.raises(PretrainedWeightsError, match=r"missing from the file \(102\).*unexpected \(122\): backbone\."):
+    with pytest.raises(WeightsError, match=r"missing from the file \(102\).*unexpected \(122\): backbone\."):
         create_model("resnet18", pretrained=True, weights_path=str(tmp_path / "prefixed.pth"))
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from cnnlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cnnlab.config import TrainConfig, TransferConfig
 from cnnlab.data import DatasetError, select_view
-from cnnlab.models import total_parameters, create_model
+from cnnlab.models import create_model, total_parameters
+from cnnlab.models.weights import WeightsError
 from cnnlab.train import make_optimizer
 from cnnlab.transfer import (
     TransferError, apply_policy, checkpoint_arguments, fit_linear_svm, init_from_checkpoint, model_arguments,
@@ -102,7 +103,8 @@ def test_init_from_checkpoint_loads_all_but_a_head_of_another_shape():
     target = create_model("search_cnn", **PLAIN_BN, num_classes=2)
     head_before = target.classifier.weight.clone()
     report = init_from_checkpoint(target, "search_cnn", payload, "pre.pt")
-    assert report["skipped"] == ["classifier.bias", "classifier.weight"]
+    assert report["skipped"] == ["classifier.weight", "classifier.bias"]
+    assert report["loaded"] == len(source.state_dict()) - 2 and report["source_classes"] == list("12345678")
     assert torch.equal(target.stem[0].weight, source.stem[0].weight)
     assert torch.equal(target.stages[2][1][0].weight, source.stages[2][1][0].weight)
     assert torch.equal(target.classifier.weight, head_before)
@@ -111,7 +113,10 @@ def test_init_from_checkpoint_loads_all_but_a_head_of_another_shape():
 def test_init_from_checkpoint_rejects_another_architecture():
     payload = {"model_name": "search_cnn", "state_dict": create_model("search_cnn", **PLAIN_BN).state_dict()}
     wider = create_model("search_cnn", **{**PLAIN_BN, "widths": [8, 32]})
-    with pytest.raises(TransferError, match="shape mismatches outside the head: stages"):
+    # The head's input width differs too: that is another body, not another number of classes.
+    with pytest.raises(WeightsError, match=r"transfer.init_from=pre.pt is not a search_cnn of this model's shape: "
+                                           r"shape mismatches \(11\): classifier.weight: file \(10, 16\) vs "
+                                           r"model \(10, 32\), stages.*Use the same model.kwargs"):
         init_from_checkpoint(wider, "search_cnn", payload, "pre.pt")
     with pytest.raises(TransferError, match="holds a search_cnn, but model.name is simple_cnn"):
         init_from_checkpoint(create_model("simple_cnn"), "simple_cnn", payload, "pre.pt")
@@ -185,7 +190,7 @@ def test_e6_fine_tune_starts_from_the_pretrained_network_and_frozen_layers_keep_
     result = fit_run(finetune, select_view(mnist_small, ["0", "9"], 100))
     pre_state = load_checkpoint(pre.best_path)["state_dict"]
     tuned = load_checkpoint(result.best_path)
-    assert tuned["transfer"]["init_from"]["skipped"] == ["classifier.bias", "classifier.weight"]
+    assert tuned["transfer"]["init_from"]["skipped"] == ["classifier.weight", "classifier.bias"]
     assert torch.equal(tuned["state_dict"]["stem.0.weight"], pre_state["stem.0.weight"])  # frozen: kept
     assert torch.equal(tuned["state_dict"]["stem.1.running_mean"], pre_state["stem.1.running_mean"])
     assert not torch.equal(tuned["state_dict"]["stages.2.1.0.weight"], pre_state["stages.2.1.0.weight"])

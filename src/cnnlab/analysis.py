@@ -24,7 +24,6 @@ import numpy as np
 import openTSNE
 import torch
 from sklearn.decomposition import PCA
-from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -77,20 +76,6 @@ def format_layer_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {row['layer']} | {row['type']} | {shape} | {row['parameters']:,} |")
     lines.append(f"| **total** | | | **{summary_total(rows):,}** |")
     return "\n".join(lines)
-
-
-def stratified_sample(labels: ArrayLike, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` samples with the class proportions of ``labels``; all of them if n >= len.
-
-    t-SNE time grows with the number of points, so big test sets are subsampled; stratifying
-    keeps every class in the picture.
-    """
-    labels = np.asarray(labels)
-    indices = np.arange(len(labels))
-    if n >= len(labels):
-        return indices
-    kept, _ = train_test_split(indices, train_size=n, stratify=labels, random_state=seed)
-    return np.sort(kept)
 
 
 def tsne_embedding(features: ArrayLike, seed: int = 0, pca_dims: int = 50, perplexity: float = 30.0,

@@ -24,9 +24,9 @@ from typing import Any
 import optuna
 import torch
 
-from .analysis import stratified_sample
 from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig
 from .data import PreparedData
+from .data.sampling import stratified_sample
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
 from .builder import build_model, resolve_model_kwargs

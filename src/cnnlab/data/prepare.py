@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.model_selection import train_test_split
 
-from .base import DatasetError, RawDataset, tensor_digest
+from ..hashing import tensor_digest
+from .base import DatasetError, RawDataset
+from .sampling import stratified_split
 
 
 @dataclass
@@ -42,12 +43,6 @@ class PreparedData:
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
-def _stratified_indices(labels: torch.Tensor, keep: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    indices = torch.arange(len(labels)).numpy()
-    kept, rest = train_test_split(indices, train_size=keep, stratify=labels.numpy(), random_state=seed)
-    return torch.from_numpy(kept), torch.from_numpy(rest)
-
-
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     pixels = images.to(torch.float64).div_(255).transpose(0, 1).reshape(images.shape[1], -1)
     return pixels.mean(1).tolist(), pixels.std(1).clamp_min(1e-6).tolist()
@@ -56,12 +51,13 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 def prepare(raw: RawDataset, val_fraction: float, seed: int, train_subset: int = 0) -> PreparedData:
     if not 0 < val_fraction < 1:
         raise DatasetError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    train_idx, val_idx = _stratified_indices(raw.y_train, 1 - val_fraction, seed)
+    kept, rest = stratified_split(raw.y_train, 1 - val_fraction, seed)
+    train_idx, val_idx = torch.from_numpy(kept), torch.from_numpy(rest)
     if train_subset:
         if train_subset >= len(train_idx):
             raise DatasetError(f"data.train_subset={train_subset} but only {len(train_idx)} training samples")
-        sub, _ = _stratified_indices(raw.y_train[train_idx], train_subset, seed)
-        train_idx = train_idx[sub]
+        sub, _ = stratified_split(raw.y_train[train_idx], train_subset, seed)
+        train_idx = train_idx[torch.from_numpy(sub)]
     x_train, y_train = raw.x_train[train_idx], raw.y_train[train_idx]
     mean, std = channel_stats(x_train)
     provenance = dict(raw.provenance)
@@ -132,7 +128,7 @@ def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, s
         if train_subset >= len(view.y_train):
             raise DatasetError(f"data.train_subset={train_subset} but the view has only {len(view.y_train)} "
                                "training samples; lower it or set 0 to keep all")
-        kept, _ = _stratified_indices(view.y_train, train_subset, seed)
+        kept = torch.from_numpy(stratified_split(view.y_train, train_subset, seed)[0])
         view = replace(view, x_train=view.x_train[kept], y_train=view.y_train[kept])
     provenance = dict(view.provenance, view={"classes": list(classes), "train_subset": train_subset, "seed": seed})
     return replace(view, provenance=provenance)

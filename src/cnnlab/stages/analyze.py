@@ -12,6 +12,7 @@ from ..checkpoint import checkpoint_tta, load_checkpoint, model_from_checkpoint
 from ..config import Config
 from ..contract import RunFiles
 from ..data import load_view
+from ..data.sampling import stratified_sample
 from ..files import write_json
 from ..runtime import resolve_runtime, set_threads
 from ..train import BatchTransform, predict
@@ -33,7 +34,7 @@ def analyze(config: Config) -> dict[str, Any]:
     logits, features = predict(model, data.x_test, transform, config.train.eval_batch_size,
                                checkpoint_tta(payload))
     predicted = logits.argmax(1)
-    sample = analysis.stratified_sample(data.y_test, min(settings.tsne_points, len(data.y_test)), settings.tsne_seed)
+    sample = stratified_sample(data.y_test, min(settings.tsne_points, len(data.y_test)), settings.tsne_seed)
     started = time.perf_counter()
     tsne_intermediate = analysis.tsne_embedding(features[sample], seed=settings.tsne_seed)
     tsne_final = analysis.tsne_embedding(logits[sample], seed=settings.tsne_seed)
