@@ -376,6 +376,8 @@ def cmd_export(config: Config, args) -> None:
 
 
 def cmd_register(config: Config, args) -> None:
+    from .checkpoint import load_checkpoint
+    from .models.efficientnet import file_sha256
     from .tracking import register_model, reopen_run
 
     paths = Paths(config)
@@ -389,11 +391,14 @@ def cmd_register(config: Config, args) -> None:
         raise RuntimeError("the run has no logged model; set tracking.log_model=true and retrain")
     name = config.tracking.registered_model or config.experiment.replace("_", "-")
     record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
-                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id})
+                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id,
+                                                          "onnx_sha256": file_sha256(paths.onnx)},
+                            load_checkpoint(paths.best)["weights_sha256"])
     write_json(paths.registered, record)
     moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
         f"alias '{record['alias']}' stays on v{record['previous_alias_version']} (scores higher)"
-    print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
+    print(f"{'registered' if record['created'] else 'already registered:'} {name} v{record['version']} "
+          f"(test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
 
 
 def train_and_evaluate_seed(config: Config, args) -> dict[str, Any]:
