@@ -5,7 +5,9 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
+from cnnlab.hashing import file_digest
 
 from .conftest import PROJECT_ROOT
 
@@ -58,6 +60,13 @@ def test_pipeline_logs_everything_to_one_mlflow_run(cli_overrides, tmp_path, tra
     assert version.run_id == run_id and version.tags["onnx_parity"] == "passed"
     registered = json.loads((out / "registered.json").read_text())
     assert registered["alias_moved"] is True and registered["version"] == int(version.version)
+    models = tmp_path / "models" / "e1_mnist_simple_cnn"
+    assert version.tags["weights_sha256"] == load_checkpoint(models / "best.pt")["weights_sha256"]
+    assert version.tags["onnx_sha256"] == file_digest(models / "model.onnx")
+    assert main(["register", *cli_overrides]) == 0  # again: the same version, none created
+    again = json.loads((out / "registered.json").read_text())
+    assert again["created"] is False and again["version"] == registered["version"]
+    assert len(client.search_model_versions(f"name = 'cli-test-model' and run_id = '{run_id}'")) == 1
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["total_parameters"] == metrics["trainable_parameters"] == 813_802 and metrics["epochs"] == 2
 
@@ -109,3 +118,22 @@ def test_offline_embedded_default_records_provenance(tmp_path, tracking_uri, mon
     run_id = json.loads((tmp_path / "outputs" / "e1_mnist_simple_cnn" / "run.json").read_text())["run_id"]
     tags = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).data.tags
     assert tags["data.embedded"] == "true" and len(tags["data.content_sha256"]) == 64
+
+
+def test_evaluate_refuses_a_corrupt_checkpoint_and_keeps_eval_json(cli_overrides, tmp_path, capsys):
+    overrides = [*cli_overrides, "-S", "train.epochs=1", "-S", "tracking.log_model=false"]
+    assert main(["prepare", *overrides]) == 0
+    assert main(["train", *overrides]) == 0
+    assert main(["evaluate", *overrides]) == 0
+    eval_json = tmp_path / "outputs" / "e1_mnist_simple_cnn" / "eval.json"
+    before = eval_json.read_bytes()
+    best = tmp_path / "models" / "e1_mnist_simple_cnn" / "best.pt"
+    raw = bytearray(best.read_bytes())
+    start = len(raw) // 2  # inside fc1's weights, the bulk of the file
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    best.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(["evaluate", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert str(best) in err and "the file is corrupt; retrain with `cnnlab train`, or restore it with `dvc checkout`" in err
+    assert eval_json.read_bytes() == before

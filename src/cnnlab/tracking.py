@@ -10,11 +10,14 @@ experiments, which run in temporary copies of the repo, log to the same store).
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -222,22 +225,66 @@ def reopen_run(config: Config, run_info_path: Path) -> RunTracker:
     return RunTracker(config, run_id=json.loads(run_info_path.read_text())["run_id"])
 
 
+@contextmanager
+def registry_lock(uri: str):
+    """Hold the store's registration lock: one registration at a time per store.
+
+    MLflow has no unique constraint on a version's run_id and no compare-and-set for aliases,
+    so two processes registering one run at once would both create a version, and two runs
+    registering at once would leave the alias on whichever wrote last, not on the best score.
+    Create-then-deduplicate mends only the first; a lock around lookup, create and alias move
+    mends both. A SQLite store (one machine) is locked with flock on a file beside it; a
+    PostgreSQL store (many machines) with an advisory lock on a connection of its own. An MLflow
+    server offers neither, so registrations there run unlocked (with a warning).
+    """
+    if uri.startswith("sqlite:///"):
+        with open(uri.removeprefix("sqlite:///") + ".register.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+            yield
+    elif uri.startswith("postgresql"):
+        import sqlalchemy
+
+        # A 64-bit key of our own, so other users of the database's advisory locks never collide.
+        key = int.from_bytes(hashlib.sha256(b"cnnlab.register_model").digest()[:8], "big", signed=True)
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as connection:  # the lock dies with the session, even on a crash
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            engine.dispose()
+    else:
+        log.warning("cannot lock the registry at %s: concurrent registers of one run may each create a "
+                    "version", uri)
+        yield
+
+
 def register_model(tracker: RunTracker, model_uri: str, name: str, alias: str, score_key: str,
-                   score: float, tags: dict[str, str]) -> dict[str, Any]:
-    """Register a new version; move ``alias`` to it unless the current holder scores higher."""
+                   score: float, tags: dict[str, str], weights_sha256: str) -> dict[str, Any]:
+    """Register the run's model as a version of ``name`` tagged with its ``weights_sha256``, once:
+    when a version of this run with these weights exists, it is reused (``created`` false).
+    Then move ``alias`` to the version unless the current holder scores higher."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    version = mlflow.register_model(model_uri, name, tags={**tags, score_key: str(score)})
-    try:
-        holder = client.get_model_version_by_alias(name, alias)
-        holder_score = float(holder.tags.get(score_key, "nan"))
-    except MlflowException:
-        holder, holder_score = None, float("-inf")
-    moved = holder is None or not holder_score > score  # a NaN holder score loses
-    if moved:
-        client.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": int(version.version), "alias": alias, "alias_moved": moved,
-            "previous_alias_version": int(holder.version) if holder is not None else None,
-            score_key: score, "model_uri": model_uri, "run_id": tracker.run_id}
+    with registry_lock(tracker.uri):
+        same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{tracker.run_id}'")
+                if v.tags.get("weights_sha256") == weights_sha256]
+        created = not same
+        version = min(same, key=lambda v: int(v.version)) if same else mlflow.register_model(
+            model_uri, name, tags={**tags, "weights_sha256": weights_sha256, score_key: str(score)})
+        try:
+            holder = client.get_model_version_by_alias(name, alias)
+            holder_score = float(holder.tags.get(score_key, "nan"))
+        except MlflowException:
+            holder, holder_score = None, float("-inf")
+        moved = holder is None or not holder_score > score  # a NaN holder score loses
+        if moved:
+            client.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": int(version.version), "created": created, "alias": alias,
+            "alias_moved": moved, "previous_alias_version": int(holder.version) if holder is not None else None,
+            score_key: score, "weights_sha256": weights_sha256, "model_uri": model_uri, "run_id": tracker.run_id}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checkpoint import load_checkpoint
 from ..config import Config
 from ..contract import RunFiles
 from ..files import read_json, write_json
+from ..hashing import file_digest
 from ..tracking import register_model, reopen_run
 
 
@@ -28,9 +30,12 @@ def register(config: Config) -> dict[str, Any]:
                            "when it trained); retrain with -S tracking.log_model=true")
     name = registered_name(config)
     record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
-                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id})
+                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id,
+                                                          "onnx_sha256": file_digest(files.onnx)},
+                            load_checkpoint(files.best)["weights_sha256"])
     write_json(files.registered, record)
     moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
         f"alias '{record['alias']}' stays on v{record['previous_alias_version']} (scores higher)"
-    print(f"registered {name} v{record['version']} (test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
+    print(f"{'registered' if record['created'] else 'already registered:'} {name} v{record['version']} "
+          f"(test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
     return record

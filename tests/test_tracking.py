@@ -1,0 +1,121 @@
+"""Model registration on a real SQLite MLflow store: hashes as tags, one version per run,
+also when two processes register the same run at once."""
+
+import multiprocessing
+import os
+import threading
+import uuid
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from cnnlab.checkpoint import inference_model, load_checkpoint
+from cnnlab.config import load_config
+from cnnlab.export import export_onnx
+from cnnlab.hashing import file_digest
+from cnnlab.tracking import RunTracker, register_model, registry_lock
+from cnnlab.train import fit
+
+from .conftest import PROJECT_ROOT
+
+POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def registrable(tiny_config, mnist_small, tmp_path):
+    """A trained run with its logged model, checkpoint hash and ONNX file: what `cnnlab register` reads."""
+    result = fit(tiny_config, mnist_small)
+    payload = load_checkpoint(result.best_path)
+    module = inference_model(payload)
+    onnx_path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")
+    tracker = RunTracker(tiny_config)
+    example = mnist_small.x_val[:4].float() / 255.0
+    with torch.no_grad():
+        model_uri = tracker.log_pytorch_model(module, example.numpy(), module(example).numpy())
+    return {"config": tiny_config, "run_id": tracker.run_id, "model_uri": model_uri,
+            "weights_sha256": payload["weights_sha256"], "onnx_sha256": file_digest(onnx_path),
+            "name": f"reg-{uuid.uuid4().hex[:8]}"}
+
+
+def register(case: dict, score: float = 0.9) -> dict:
+    tracker = RunTracker(case["config"], run_id=case["run_id"])
+    return register_model(tracker, case["model_uri"], case["name"], "champion", "test_accuracy", score,
+                          {"run_id": case["run_id"], "onnx_sha256": case["onnx_sha256"]}, case["weights_sha256"])
+
+
+def register_in_process(case: dict, barrier, results) -> None:
+    RunTracker(case["config"], run_id=case["run_id"])  # import and connect first, so that ...
+    barrier.wait()  # ... both processes register at the same moment
+    results.put(register(case))
+
+
+def versions(case: dict):
+    uri = case["config"].tracking.uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = '{case['name']}'")
+
+
+def champion(case: dict) -> int:
+    uri = case["config"].tracking.uri
+    return int(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(case["name"], "champion").version)
+
+
+def test_registering_a_run_twice_gives_one_version_with_both_hashes(registrable):
+    first, second = register(registrable), register(registrable)
+    assert first["created"] is True and second["created"] is False
+    assert first["version"] == second["version"] == 1 and second["alias_moved"] is True
+    [version] = versions(registrable)
+    assert version.run_id == registrable["run_id"] and champion(registrable) == 1
+    assert version.tags["weights_sha256"] == registrable["weights_sha256"]
+    assert version.tags["onnx_sha256"] == registrable["onnx_sha256"]
+    assert len(registrable["weights_sha256"]) == len(registrable["onnx_sha256"]) == 64
+
+
+def test_other_weights_in_the_same_run_are_a_new_version(registrable):
+    register(registrable)
+    changed = register({**registrable, "weights_sha256": "0" * 64}, score=0.8)
+    assert changed["created"] is True and changed["version"] == 2
+    assert changed["alias_moved"] is False and changed["previous_alias_version"] == 1
+
+
+def test_concurrent_registers_of_one_run_give_one_version(registrable):
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2), spawn.Queue()
+    workers = [spawn.Process(target=register_in_process, args=(registrable, barrier, results)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    records = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join()
+    assert sorted(r["created"] for r in records) == [False, True]
+    [version] = versions(registrable)
+    assert {r["version"] for r in records} == {int(version.version)} == {champion(registrable)}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def lockable_uri(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(POSTGRES_URL).connect() as connection:
+            connection.execute(sqlalchemy.text("select 1"))
+    except Exception as err:  # no server here: say so instead of failing
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(err).__name__})")
+    return POSTGRES_URL
+
+
+def test_registry_lock_excludes_a_second_holder(lockable_uri):
+    entered = threading.Event()
+
+    def second_holder():
+        with registry_lock(lockable_uri):
+            entered.set()
+
+    with registry_lock(lockable_uri):
+        thread = threading.Thread(target=second_holder)
+        thread.start()
+        assert not entered.wait(1.0)  # blocked while the first holds the lock
+    assert entered.wait(10.0)  # and gets it once released
+    thread.join()
