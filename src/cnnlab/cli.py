@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own INFO lines; other libraries' (onnxscript, openTSNE, alembic) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cnnlab").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DatasetError
