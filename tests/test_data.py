@@ -20,7 +20,7 @@ def context(datasets_dir=None, raw_dir=Path("/nonexistent"), **kw):
     return SourceContext(raw_dir=Path(raw_dir), datasets_dir=datasets_dir, **kw)
 
 
-def test_mnist_loads_verified_from_the_datasets_dir(mnist_raw):
+def test_mnist_loads_verified_from_the_datasets_dir(datasets_dir, mnist_raw):
     assert mnist_raw.x_train.shape == (60000, 1, 28, 28) and mnist_raw.x_train.dtype == torch.uint8
     assert mnist_raw.x_test.shape == (10000, 1, 28, 28)
     assert torch.bincount(mnist_raw.y_test).tolist()[0] == 980  # the official test split
@@ -135,15 +135,16 @@ def test_stratified_split_keeps_class_ratios(mnist_raw):
     for split in ("train", "val"):
         _, y = data.split(split)
         ratios = torch.bincount(y, minlength=10).double() / len(y)
-        assert torch.allclose(ratios, full, atol=2e-3)
-    assert len(data.y_val) == 6000 and len(data.y_train) == 54000
+        assert torch.allclose(ratios, full, atol=max(2e-3, 1.5 / len(y)))  # one image of rounding
+    assert len(data.y_val) == round(0.1 * len(mnist_raw.y_train))  # 6,000 of MNIST's 60,000
+    assert len(data.y_val) + len(data.y_train) == len(mnist_raw.y_train)
 
 
 def test_split_is_deterministic_and_subset_is_stratified(mnist_raw):
     a = prepare(mnist_raw, 0.1, seed=0, train_subset=1000)
     b = prepare(mnist_raw, 0.1, seed=0, train_subset=1000)
     assert torch.equal(a.y_train, b.y_train) and torch.equal(a.x_val, b.x_val)
-    assert torch.bincount(a.y_train).min() >= 85  # ~100 per digit
+    assert torch.bincount(a.y_train).min() >= 80  # ~100 per digit
     with pytest.raises(DatasetError, match="val_fraction"):
         prepare(mnist_raw, 1.5, seed=0)
 
@@ -154,7 +155,7 @@ def test_prepared_artifact_round_trip_and_summary(mnist_small, tmp_path):
     assert torch.equal(loaded.x_test, mnist_small.x_test)
     summary = summarize(loaded)
     assert (summary["height"], summary["width"], summary["channels"]) == (28, 28, 1)
-    assert sum(summary["per_class"]["test"].values()) == 10000
+    assert sum(summary["per_class"]["test"].values()) == len(mnist_small.y_test)
     assert 0.12 < summary["mean"][0] < 0.14  # MNIST's well-known pixel mean 0.1307
     path.write_bytes(b"garbage")
     with pytest.raises(DatasetError, match="cnnlab prepare"):

@@ -8,17 +8,14 @@ from cnnlab.checkpoint import InferenceModel, inference_model, load_checkpoint
 from cnnlab.export import export_onnx, onnx_parity
 from cnnlab.models import create_model, list_models, model_entry
 
-from .conftest import fit_run
 
-
-def test_trained_model_parity_on_real_test_images(tiny_config, mnist_small, tmp_path):
-    result = fit_run(tiny_config, mnist_small)
-    module = inference_model(load_checkpoint(result.best_path))
+def test_trained_model_parity_on_real_test_images(trained, mnist_small, tmp_path):
+    module = inference_model(load_checkpoint(trained.best_path))
     path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx.data").exists()  # one self-contained file
     onnx.checker.check_model(onnx.load(str(path)))
     report = onnx_parity(module, path, mnist_small.x_test, max_abs_diff=1e-4, min_argmax_agreement=1.0)
-    assert report.samples == 10000 and report.passed
+    assert report.samples == len(mnist_small.y_test) and report.passed
     assert report.max_abs_diff <= 1e-4 and report.argmax_agreement == 1.0
 
 
@@ -31,7 +28,11 @@ def test_parity_detects_a_model_that_differs(tmp_path, mnist_small):
     assert not report.passed and report.max_abs_diff == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("name", list_models())
+FULL_SIZE = {"alexnet", "resnet18", "resnet50", "efficientnet_lite0", "reduced_alexnet"}  # 224 px or millions of weights
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in FULL_SIZE else n
+                                  for n in list_models()])
 def test_every_registered_model_exports_with_parity(name, tmp_path):
     entry = model_entry(name)
     module = InferenceModel(create_model(name), [0.5] * entry.input_shape[0], [0.25] * entry.input_shape[0])

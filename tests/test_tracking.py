@@ -17,16 +17,15 @@ from cnnlab.hashing import file_digest
 from cnnlab.tracking import RunTracker, register_model, registry_lock
 
 
-from .conftest import PROJECT_ROOT, fit_run
+from .conftest import PROJECT_ROOT
 
 POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
-def registrable(tiny_config, mnist_small, tmp_path):
+def registrable(tiny_config, trained, mnist_small, tmp_path):
     """A trained run with its logged model, checkpoint hash and ONNX file: what `cnnlab register` reads."""
-    result = fit_run(tiny_config, mnist_small)
-    payload = load_checkpoint(result.best_path)
+    payload = load_checkpoint(trained.best_path)
     module = inference_model(payload)
     onnx_path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")
     tracker = RunTracker(tiny_config)

@@ -18,8 +18,8 @@ def with_train(config, **changes):
     return dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
 
 
-def test_short_real_run_beats_chance_by_a_wide_margin(tiny_config, mnist_small):
-    result = fit_run(tiny_config, mnist_small)
+def test_short_real_run_beats_chance_by_a_wide_margin(trained):
+    result = trained
     assert result.best_val_accuracy > 0.85  # chance is 0.10
     assert result.trainable_parameters == result.total_parameters == 813_802
     assert len(result.history) == 1 and len(result.batch_losses) == 24  # 3,000 / 128 batches
@@ -27,8 +27,8 @@ def test_short_real_run_beats_chance_by_a_wide_margin(tiny_config, mnist_small):
     assert {"train_loss", "val_accuracy", "lr", "epoch_seconds"} <= set(result.history[0])
 
 
-def test_checkpoint_rebuilds_the_model_alone(tiny_config, mnist_small):
-    result = fit_run(tiny_config, mnist_small)
+def test_checkpoint_rebuilds_the_model_alone(trained, mnist_small):
+    result = trained
     payload = load_checkpoint(result.best_path)
     assert payload["config"]["train"]["epochs"] == 1
     model = model_from_checkpoint(payload)
@@ -46,10 +46,9 @@ def test_resume_continues_to_the_new_total(tiny_config, mnist_small):
         fit_run(with_train(tiny_config, epochs=2, resume_from=str(resumed.last_path)), mnist_small)
 
 
-def test_resume_needs_a_last_checkpoint(tiny_config, mnist_small):
-    first = fit_run(tiny_config, mnist_small)
+def test_resume_needs_a_last_checkpoint(tiny_config, trained, mnist_small):
     with pytest.raises(CheckpointError, match="no optimizer state"):
-        fit_run(with_train(tiny_config, epochs=2, resume_from=str(first.best_path)), mnist_small)
+        fit_run(with_train(tiny_config, epochs=2, resume_from=str(trained.best_path)), mnist_small)
 
 
 def test_diverging_loss_fails_with_advice_and_keeps_checkpoints(tiny_config, mnist_small):
@@ -61,10 +60,9 @@ def test_diverging_loss_fails_with_advice_and_keeps_checkpoints(tiny_config, mni
     assert good.last_path.read_bytes() == before
 
 
-def test_resume_with_another_optimizer_is_refused(tiny_config, mnist_small):
-    first = fit_run(tiny_config, mnist_small)
+def test_resume_with_another_optimizer_is_refused(tiny_config, trained, mnist_small):
     with pytest.raises(ValueError, match="resume with train.optimizer=adam"):
-        fit_run(with_train(tiny_config, epochs=2, optimizer="sgd", resume_from=str(first.last_path)), mnist_small)
+        fit_run(with_train(tiny_config, epochs=2, optimizer="sgd", resume_from=str(trained.last_path)), mnist_small)
 
 
 def test_weight_decay_on_selected_layers(mnist_small):

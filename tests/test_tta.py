@@ -30,8 +30,8 @@ def mean_confidence(payload, images) -> float:
     return logits.softmax(1).max(1).values.mean().item()
 
 
-def test_label_smoothing_caps_the_models_confidence(tiny_config, mnist_small):
-    plain = fit_run(tiny_config, mnist_small)
+def test_label_smoothing_caps_the_models_confidence(tiny_config, trained, mnist_small):
+    plain = trained
     smoothed = fit_run(dataclasses.replace(with_train(tiny_config, label_smoothing=0.5),
                                        models_dir=str(tiny_config.model_dir.parent) + "_smoothed"), mnist_small)
     assert smoothed.best_val_accuracy > 0.8  # still learns
@@ -49,8 +49,8 @@ def test_label_smoothing_outside_zero_to_one_is_refused():
         load_config(PROJECT_ROOT / "params.yaml", ["train.tta=rotate"])
 
 
-def test_flip_tta_averages_the_image_and_its_mirror(tiny_config, mnist_small):
-    payload = load_checkpoint(fit_run(tiny_config, mnist_small).best_path)
+def test_flip_tta_averages_the_image_and_its_mirror(trained, mnist_small):
+    payload = load_checkpoint(trained.best_path)
     images = mnist_small.x_test[:300]
     plain, features = fp32_predict(payload, images, "none")
     mirrored, _ = fp32_predict(payload, images.flip(3), "none")

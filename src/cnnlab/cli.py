@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, load_config
-from .contract import PIPELINE, all_stages
+from .contract import PIPELINE, stage
 
 
 def run_stage(name: str) -> Callable[[Config, Any], Any]:
     """A command that calls the stage ``name`` declared in the contract."""
-    spec = all_stages()[name]
+    spec = stage(name)
 
     def command(config: Config, args) -> Any:
         return getattr(importlib.import_module(f"cnnlab.{spec.module}"), spec.function)(config)
@@ -78,7 +78,7 @@ def cmd_dvc_yaml(config: Config, args) -> None:
 
 
 def stage_help(name: str) -> str:
-    return all_stages()[name].summary
+    return stage(name).summary
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {

@@ -298,7 +298,7 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
           inputs=("search_summary", "prepared"),
           outputs=(Output("winner_models"), Output("winner_seeds", cache=False, role="metric"))),
     Stage("seeds", "stages.seeds", "seeds", "train + evaluate once per seed in `seeds`; writes mean ± std",
-          reads=("seeds", *TRAINING_READS, "train.eval_batch_size"), skip=("data.datasets_dir",),
+          reads=("seeds", *TRAINING_READS, "train.eval_batch_size"),
           inputs=("prepared",), outputs=(Output("seeds", cache=False, role="metric"),)),
     Stage("freeze_sweep", "stages.freeze_sweep", "freeze_sweep",
           "fine-tune with the first k layers frozen for each k, and from scratch",
@@ -315,12 +315,5 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
 
 
 def stage(name: str) -> Stage:
-    return {**STAGES, **SWEEPS}[name]
-
-
-def all_stages() -> dict[str, Stage]:
-    return {**STAGES, **SWEEPS}
-
-
-__all__ = ["RunFiles", "StudyFiles", "Stage", "Output", "STAGES", "SWEEPS", "PIPELINE", "CATALOGUE_RUN",
-           "UNTRACKED_KEYS", "stage", "all_stages", "winner_name", "comparison_files", "group_files", "file_path"]
+    """A pipeline stage or a sweep, by name."""
+    return STAGES[name] if name in STAGES else SWEEPS[name]
