@@ -1,8 +1,12 @@
 import dataclasses
+import typing
+from typing import Annotated
 
 import pytest
 import yaml
+from annotated_types import Ge, Gt, Interval, Le, Lt
 
+from cnnlab.cli import main
 from cnnlab.config import (Config, ConfigError, apply_overrides, catalogue_for, config_from_dict, flatten, load_config,
                            read_run_config, save_config)
 
@@ -161,6 +165,8 @@ def test_a_typo_in_any_experiment_fails_at_load(tmp_path):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda c: c["experiments"]["e4_sgd"].update(extends="e4_nope"), "extends 'e4_nope', which is not defined"),
+    (lambda c: c["experiments"]["e4_sgd"]["train"].update(lr=-0.1),
+     "experiments.e4_sgd: train.lr: -0.1 is not allowed; it must be > 0"),
     (lambda c: c["bases"]["cifar10"].update(extends="e3_cifar"), "loops"),
     (lambda c: c["experiments"]["e4_sgd"].update(run="x"), "cannot set `experiment` or `run`"),
 ])
@@ -193,3 +199,144 @@ def test_one_string_of_overrides_as_mlflow_projects_pass_them():
                                                         "train.weight_decay_layers=[fc1, conv2]"])
     assert config.train.epochs == 1 and config.train.lr == 0.01 and config.experiment == "e4_base"
     assert config.train.weight_decay_layers == ["fc1", "conv2"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=-1", "train.batch_size: -1 is not allowed; it must be >= 1"),
+    ("train.batch_size=0", "train.batch_size: 0 is not allowed; it must be >= 1"),
+    ("train.epochs=0", "train.epochs: 0 is not allowed; it must be >= 1"),
+    ("train.epochs=-3", "train.epochs: -3 is not allowed; it must be >= 1"),
+    ("train.eval_batch_size=0", "train.eval_batch_size: 0 is not allowed; it must be >= 1"),
+    ("train.lr=-1", "train.lr: -1.0 is not allowed; it must be > 0"),
+    ("train.lr=0", "train.lr: 0.0 is not allowed; it must be > 0"),
+    ("train.momentum=1", "train.momentum: 1.0 is not allowed; it must be in [0, 1)"),
+    ("train.weight_decay=-1e-4", "train.weight_decay: -0.0001 is not allowed; it must be >= 0"),
+    ("train.step_size=0", "train.step_size: 0 is not allowed; it must be >= 1"),
+    ("train.gamma=0", "train.gamma: 0.0 is not allowed; it must be in (0, 1]"),
+    ("train.gamma=1.5", "train.gamma: 1.5 is not allowed; it must be in (0, 1]"),
+    ("train.seed=-1", "train.seed: -1 is not allowed; it must be in [0, 4294967296)"),
+    ("train.threads=-4", "train.threads: -4 is not allowed; it must be >= 0"),
+    ("train.label_smoothing=1", "train.label_smoothing: 1.0 is not allowed; it must be in [0, 1)"),
+    ("train.augment.crop_padding=-2", "train.augment.crop_padding: -2 is not allowed; it must be >= 0"),
+    ("train.augment.rotation_degrees=200", "train.augment.rotation_degrees: 200.0 is not allowed; it must be in [0, 180]"),
+    ("train.augment.pipeline_p=1.5", "train.augment.pipeline_p: 1.5 is not allowed; it must be in [0, 1]"),
+    ("train.hard_batch_mining.start_epoch=-1", "train.hard_batch_mining.start_epoch: -1 is not allowed; it must be >= 0"),
+    ("train.hard_batch_mining.fraction=0", "train.hard_batch_mining.fraction: 0.0 is not allowed; it must be in (0, 1]"),
+    ("data.val_fraction=1", "data.val_fraction: 1.0 is not allowed; it must be in (0, 1)"),
+    ("data.val_fraction=0", "data.val_fraction: 0.0 is not allowed; it must be in (0, 1)"),
+    ("data.train_subset=-1", "data.train_subset: -1 is not allowed; it must be >= 0"),
+    ("data.image_size=-28", "data.image_size: -28 is not allowed; it must be >= 0"),
+    ("transfer.freeze_k=-1", "transfer.freeze_k: -1 is not allowed; it must be >= 0"),
+    ("transfer.sweep_k=[0, -2]", "transfer.sweep_k[1]: -2 is not allowed; it must be >= 0"),
+    ("transfer.svm_c=0", "transfer.svm_c: 0.0 is not allowed; it must be > 0"),
+    ("analysis.tsne_points=1", "analysis.tsne_points: 1 is not allowed; it must be >= 2"),
+    ("analysis.histogram_bins=0", "analysis.histogram_bins: 0 is not allowed; it must be >= 1"),
+    ("analysis.examples=-1", "analysis.examples: -1 is not allowed; it must be >= 0"),
+    ("search.n_trials=0", "search.n_trials: 0 is not allowed; it must be >= 1"),
+    ("search.workers=0", "search.workers: 0 is not allowed; it must be >= 1"),
+    ("search.param_budget=0", "search.param_budget: 0 is not allowed; it must be >= 1"),
+    ("search.trial_epochs=0", "search.trial_epochs: 0 is not allowed; it must be >= 1"),
+    ("search.heartbeat_seconds=0", "search.heartbeat_seconds: 0 is not allowed; it must be >= 1"),
+    ("search.max_retry=-1", "search.max_retry: -1 is not allowed; it must be >= 0"),
+    ("search.timeout_seconds=-60", "search.timeout_seconds: -60 is not allowed; it must be >= 0"),
+    ("search.sampler_seed=4294967296", "search.sampler_seed: 4294967296 is not allowed; it must be in [0, 4294967296)"),
+    ("search.space.lr=[0.01, 0.001]", "search.space.lr: [0.01, 0.001] is not allowed; it must be [low, high] with low <= high"),
+    ("search.space.lr=[0, 0.01]", "search.space.lr[0]: 0.0 is not allowed; it must be > 0"),
+    ("search.space.stages=[2]", "search.space.stages: [2] is not allowed; it must be a list of 2 values"),
+    ("search.space.stages=[4, 2]", "search.space.stages: [4, 2] is not allowed; it must be [low, high] with low <= high"),
+    ("search.space.dropout=[0.0, 1.0]", "search.space.dropout[1]: 1.0 is not allowed; it must be in [0, 1)"),
+    ("search.space.widths=[16, 0]", "search.space.widths[1]: 0 is not allowed; it must be >= 1"),
+    ("search.space.batch_sizes=[]", "search.space.batch_sizes: [] is not allowed; it must be a list of 1 or more values"),
+    ("export.opset=12", "export.opset: 12 is not allowed; it must be in [18, 23]"),
+    ("export.max_abs_diff=0", "export.max_abs_diff: 0.0 is not allowed; it must be > 0"),
+    ("export.min_argmax_agreement=1.5", "export.min_argmax_agreement: 1.5 is not allowed; it must be in [0, 1]"),
+    ("seed_workers=0", "seed_workers: 0 is not allowed; it must be >= 1"),
+    ("seeds=[0, -1]", "seeds[1]: -1 is not allowed; it must be in [0, 4294967296)"),
+    ("seeds=[]", "seeds: [] is not allowed; it must be a list of 1 or more values"),
+])
+def test_a_value_outside_its_range_names_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(PROJECT_ROOT / "params.yaml", [override])
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("override", [
+    "train.momentum=0", "train.gamma=1", "train.threads=0", "data.val_fraction=0.5", "analysis.tsne_points=2",
+    "train.augment.rotation_degrees=180", "search.space.lr=[0.01, 0.01]", "export.opset=23", "seeds=[4294967295]",
+    "export.min_argmax_agreement=0",
+])
+def test_the_ends_of_a_range_are_allowed_where_it_says_so(override):
+    load_config(PROJECT_ROOT / "params.yaml", [override])
+
+
+def numeric_settings(tp, key=""):
+    """(key, Annotated metadata) of every int or float setting under ``tp``, list items included."""
+    metadata = []
+    if typing.get_origin(tp) is Annotated:
+        tp, *metadata = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        for name, hint in typing.get_type_hints(tp, include_extras=True).items():
+            yield from numeric_settings(hint, f"{key}.{name}" if key else name)
+    elif typing.get_origin(tp) is list:
+        yield from numeric_settings(typing.get_args(tp)[0], f"{key}[]")
+    elif tp in (int, float):
+        yield key, metadata
+
+
+def unbounded(tp) -> list[str]:
+    return [key for key, metadata in numeric_settings(tp)
+            if not any(isinstance(m, (Ge, Gt, Le, Lt, Interval)) for m in metadata)]
+
+
+def test_every_numeric_setting_declares_its_range():
+    keys = {key for key, _ in numeric_settings(Config)}  # the walk reaches nested sections and list items
+    assert {"seeds[]", "train.batch_size", "train.augment.pipeline_p", "search.space.lr[]", "export.opset"} <= keys
+    assert not unbounded(Config), "give these settings a range (Annotated[int, Ge(...)], config.py)"
+
+
+def test_a_numeric_setting_without_a_range_is_caught():
+    @dataclasses.dataclass
+    class Section:
+        bounded: Annotated[int, Ge(1)] = 1
+        forgotten: int = 0
+        forgotten_items: list[float] = dataclasses.field(default_factory=list)
+
+    assert unbounded(Section) == ["forgotten", "forgotten_items[]"]
+
+
+def test_the_classes_stay_plain_dataclasses():
+    """contract.py and tests/stage_probe.py read the types without Annotated's extras."""
+    hints = typing.get_type_hints(Config)
+    assert typing.get_type_hints(hints["train"])["batch_size"] is int
+    assert typing.get_type_hints(typing.get_type_hints(hints["search"])["space"])["lr"] == list[float]
+    assert dataclasses.replace(Config().train, batch_size=7).batch_size == 7
+
+
+def test_params_yaml_and_every_catalogue_entry_are_valid():
+    params = PROJECT_ROOT / "params.yaml"
+    tree = yaml.safe_load(params.read_text())
+    config_from_dict(tree)
+    catalogue = catalogue_for(params)
+    for name in catalogue.experiments():
+        assert load_config(params, [f"experiment={name}"]).experiment == name
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("train", "train.batch_size=-1", "train.batch_size: -1 is not allowed; it must be >= 1"),
+    ("pipeline", "train.epochs=0", "train.epochs: 0 is not allowed; it must be >= 1"),
+    ("search", "search.space.lr=[0.01, 0.001]", "search.space.lr: [0.01, 0.001] is not allowed"),
+    ("seeds", "seed_workers=0", "seed_workers: 0 is not allowed; it must be >= 1"),
+])
+def test_the_cli_refuses_an_out_of_range_value_before_anything_starts(command, override, message, tmp_path,
+                                                                        capsys, monkeypatch):
+    monkeypatch.delenv("CNNLAB_DEBUG", raising=False)
+    project = tmp_path / "project"
+    code = main([command, "--params", str(PROJECT_ROOT / "params.yaml"), "-S", override,
+                 "-S", f"models_dir={project / 'models'}", "-S", f"outputs_dir={project / 'outputs'}",
+                 "-S", f"data.prepared_dir={project / 'prepared'}", "-S", f"data.raw_dir={project / 'raw'}",
+                 "-S", f"tracking.uri=sqlite:///{project / 'mlflow.db'}",
+                 "-S", f"search.storage=sqlite:///{project / 'optuna.db'}"])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert stderr.startswith(f"cnnlab {command}: error: {message}") and "Traceback" not in stderr
+    assert not project.exists()  # no MLflow store or run, no study, no checkpoint or output file

