@@ -171,6 +171,7 @@ def test_raw_dir_is_searched_before_the_datasets_dir(tmp_path):
 
 
 def test_missing_data_names_places_searched_and_both_layouts(tmp_path):
+    (tmp_path / "shared").mkdir()  # a datasets directory that does not exist is an error of its own
     ctx = context(tmp_path / "shared", raw_dir=tmp_path / "raw")
     with pytest.raises(DatasetError) as err:
         load_raw("caltech101", ctx)

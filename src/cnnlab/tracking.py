@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import time
-from contextlib import contextmanager
+import urllib.error
+import urllib.request
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,6 +33,12 @@ log = logging.getLogger(__name__)
 MLFLOW_DIR = ".mlflow"
 MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000
+STORE_PROBE_TIMEOUT_S = 5  # an unreachable server fails in seconds, not after MLflow's minutes of retries
+LOCAL_STORE_FIX = "or leave tracking.uri (and $MLFLOW_TRACKING_URI) empty to use the local store .mlflow/mlflow.db"
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow store cannot be reached or read; the message names the URI and the fix."""
 
 
 def resolve_tracking_uri(configured: str = "") -> str:
@@ -53,10 +63,60 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def check_store(uri: str) -> None:
+    """Raise TrackingStoreError unless the store at ``uri`` answers within seconds.
+
+    A server is asked for its ``/health``; a SQLite file must be a database (a missing file is
+    fine: MLflow creates it). Other stores (PostgreSQL, databricks, ...) are left to MLflow.
+    """
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(uri, Path(uri.removeprefix("sqlite:///")))
+
+
+def _check_server(uri: str) -> None:
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"  # the client's first kind of call
+    start_one = (f"Fix: start a server with `mlflow server --host 127.0.0.1 --port 5000` and set "
+                 f"tracking.uri=http://127.0.0.1:5000, {LOCAL_STORE_FIX}")
+    try:
+        with urllib.request.urlopen(probe, timeout=STORE_PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            return  # a server behind auth: MLflow sends the credentials from $MLFLOW_TRACKING_*
+        raise TrackingStoreError(f"{uri} answered HTTP {err.code} to {probe}: it is not an MLflow tracking "
+                                 f"server, or the server is failing. {start_one}") from err
+    except (OSError, http.client.HTTPException, ValueError) as err:  # refused, unknown host, timeout, not HTTP
+        raise TrackingStoreError(f"cannot reach the MLflow tracking server at {uri} ({getattr(err, 'reason', err)}; "
+                                 f"waited up to {STORE_PROBE_TIMEOUT_S}s). {start_one}") from err
+
+
+def _check_sqlite(uri: str, path: Path) -> None:
+    if not path.parent.is_dir():
+        raise TrackingStoreError(f"the MLflow store {uri} lies in {path.parent}, which does not exist. "
+                                 f"Fix: create that folder, {LOCAL_STORE_FIX}")
+    if not path.exists():
+        return  # MLflow creates it
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                     timeout=STORE_PROBE_TIMEOUT_S)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
+        if "locked" in str(err):
+            return  # another process holds it for writing: a live store, not a corrupt one
+        raise TrackingStoreError(
+            f"the MLflow store {path} ({uri}) is not a readable SQLite database ({err}). Fix: move it aside "
+            f"(`mv {path} {path}.corrupt`) or delete the local stores with `make clean-stores` (every run in "
+            f"them is lost), then rerun; or set tracking.uri to another store"
+        ) from err
+
+
 def client_for(uri: str):
     import mlflow
     from mlflow import MlflowClient
 
+    check_store(uri)
     _quiet_mlflow()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -4,8 +4,9 @@
     raw = load_raw("cifar10", SourceContext.from_config(cfg.data))
 
 Sources, in order: ``data.raw_dir``, the datasets directory (``data.datasets_dir`` or
-``$CNNLAB_DATASETS``), then torchvision's download; MNIST alone falls back to an embedded
-5,000-digit subset so the demo runs offline.
+``$CNNLAB_DATASETS``; one that does not exist is an error), then torchvision's download; MNIST
+alone falls back to an embedded 5,000-digit subset when no datasets directory is set, so the
+demo runs offline.
 """
 
 from __future__ import annotations

@@ -32,17 +32,29 @@ class RawDataset:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        where = self.provenance.get("source") or self.name  # the file or folder, where a loader knows it
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if x.dtype != torch.uint8 or x.ndim != 4:
-                raise DatasetError(f"{self.name}: x_{split} must be uint8 NCHW, got {x.dtype} {tuple(x.shape)}")
+                raise DatasetError(f"{where}: x_{split} must be uint8 NCHW, got {x.dtype} {tuple(x.shape)}")
+            if x.shape[1] not in (1, 3):
+                raise DatasetError(f"{where}: x_{split} images have {x.shape[1]} channels (N×C×H×W "
+                                   f"{tuple(x.shape)}). Fix: save greyscale (1 channel) or RGB (3 channels) images")
             if len(x) != len(y):
-                raise DatasetError(f"{self.name}: {len(x)} {split} images but {len(y)} labels")
+                raise DatasetError(f"{where}: {len(x)} {split} images (x_{split}) but {len(y)} labels (y_{split}). "
+                                   "Fix: save exactly one label per image")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
                 raise DatasetError(
-                    f"{self.name}: {split} labels span {int(y.min())}..{int(y.max())}, "
-                    f"outside the {len(self.classes)} classes"
+                    f"{where}: y_{split} labels span {int(y.min())}..{int(y.max())}, outside "
+                    f"0..{len(self.classes) - 1} for the {len(self.classes)} classes. Fix: number the classes "
+                    "0..K-1 (and list K names in `classes`, if given)"
                 )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DatasetError(
+                f"{where}: train images are C×H×W {tuple(self.x_train.shape[1:])} but test images are "
+                f"{tuple(self.x_test.shape[1:])}; a network trained on one cannot score the other. "
+                "Fix: give both splits one image size and channel count (resize or convert one) before saving"
+            )
 
 
 @dataclass
@@ -70,6 +82,14 @@ class SourceContext:
         )
 
     def roots(self) -> list[Path]:
+        if self.datasets_dir is not None and not self.datasets_dir.is_dir():
+            # A typo here must not quietly fall through to a download or the embedded digits.
+            raise DatasetError(
+                f"the datasets directory {self.datasets_dir} (data.datasets_dir, or ${DATASETS_ENV} when that is "
+                f"empty) {'is not a directory' if self.datasets_dir.exists() else 'does not exist'}. Fix: point it "
+                "at the folder holding the datasets (e.g. ../shared/datasets), or leave both empty to use "
+                "data.raw_dir, downloads and, for MNIST, the embedded 5,000 digits"
+            )
         return [p for p in (self.raw_dir, self.datasets_dir) if p is not None]
 
     def find(self, *relative_candidates: str) -> Path | None:

