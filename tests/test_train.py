@@ -20,7 +20,7 @@ def with_train(config, **changes):
 
 def test_short_real_run_beats_chance_by_a_wide_margin(trained):
     result = trained
-    assert result.best_val_accuracy > 0.8  # chance is 0.10; 0.85 measured on 400 embedded val digits
+    assert result.best_val_accuracy > 0.8  # chance is 0.10; 0.847 measured on 400 embedded val digits
     assert result.trainable_parameters == result.total_parameters == 813_802
     assert len(result.history) == 1 and len(result.batch_losses) == 24  # 3,000 / 128 batches
     assert result.batch_losses[-1] < result.batch_losses[0]
