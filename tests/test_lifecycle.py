@@ -4,6 +4,7 @@ real MNIST, stopped by SIGTERM, SIGINT and SIGKILL after their first epoch."""
 
 import json
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -16,7 +17,9 @@ from mlflow import MlflowClient
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
 from cnnlab.data.prepare import save_prepared
-from cnnlab.lifecycle import HEARTBEAT_TAG, HOST_TAG, PID_TAG, Terminated, owner_died, signals_as_interrupts
+from cnnlab.lifecycle import (HEARTBEAT_TAG, HOST_TAG, PID_TAG, Terminated, exit_code, owner_died,
+                              signals_as_interrupts)
+from cnnlab.stages.train import TrainingInterrupted
 from cnnlab.tracking import RunTracker
 
 from .conftest import PROJECT_ROOT
@@ -163,6 +166,12 @@ def test_sigterm_becomes_an_interruption_only_inside_the_block():
     with pytest.raises(Terminated), signals_as_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_interruption_crosses_back_from_a_worker_process():
+    sent = TrainingInterrupted("interrupted at epoch 2 of 3", {"train.epochs": "3"}, signal.SIGTERM)
+    received = pickle.loads(pickle.dumps(sent))
+    assert (str(received), received.resume_settings, exit_code(received)) == (str(sent), {"train.epochs": "3"}, 143)
 
 
 def test_owner_died_on_this_host_by_pid_elsewhere_by_heartbeat():

@@ -131,6 +131,8 @@ def interrupted_line(args, err: KeyboardInterrupt) -> str:
     settings = getattr(err, "resume_settings", None)
     if settings is None:
         return f"cnnlab {args.command}: interrupted; run the same command again to go on"
+    if args.command not in ("train", "pipeline"):  # seeds, retrain-best: runs configured in code
+        return f"cnnlab {args.command}: {err}"
     kept = [o for o in args.overrides if o.split("=", 1)[0] not in settings]
     params = [] if args.params == "params.yaml" else ["--params", args.params]
     overrides = [*kept, *(f"{key}={value}" for key, value in settings.items())]

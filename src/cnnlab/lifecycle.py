@@ -52,14 +52,17 @@ def describe_exit(err: BaseException) -> str:
 
 
 def _raise_terminated(signum, frame) -> None:
+    # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
+    # handlers that are ending the runs. SIGKILL still stops the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("terminated by SIGTERM")
 
 
 @contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block SIGTERM raises ``Terminated``; the previous handler comes back after.
-    A SIGTERM the parent process set to be ignored stays ignored, and outside the main thread
-    (where Python cannot set handlers) nothing changes."""
+    """Within the block the first SIGTERM raises ``Terminated`` (later ones are ignored); the
+    previous handler comes back after. A SIGTERM the parent process set to be ignored stays
+    ignored, and outside the main thread (where Python cannot set handlers) nothing changes."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield

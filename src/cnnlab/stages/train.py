@@ -34,6 +34,9 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.resume_settings, self.signal_number = resume_settings, signal_number
 
+    def __reduce__(self):  # so that it crosses back from a worker process (cnnlab.parallel)
+        return type(self), (str(self), self.resume_settings, self.signal_number)
+
 
 def train(config: Config) -> TrainResult:
     files = RunFiles.of(config)
