@@ -84,6 +84,26 @@ def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, trackin
     assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 1 for c in children)
 
 
+def test_a_trial_run_left_running_by_a_dead_worker_is_failed_by_the_next_search(search_config, mnist_small,
+                                                                               tracking_uri):
+    import socket
+    import subprocess
+    import sys
+
+    config = search_config("search.n_trials=1")
+    parent = run_search(config, mnist_small).user_attrs[PARENT_RUN_ATTR]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+    orphan = client.create_run(experiment.experiment_id, run_name="trial-9", tags={
+        "mlflow.parentRunId": parent, "cnnlab.pid": dead_pid, "cnnlab.host": socket.gethostname()})
+    run_search(config, mnist_small)  # the study is complete: it only reopens the parent
+    failed = client.get_run(orphan.info.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["cnnlab.failure"] == "process died (found by cnnlab search)"
+
+
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(search_config, mnist_small):
     config = search_config("search.space.optimizers=[adam]", "search.space.lr=[1000000.0, 1000000.0]",
                            "search.space.block_styles=[plain]", "search.space.batch_norm=[false]")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from cnnlab.config import AugmentConfig
+from cnnlab.config import AugmentConfig, HardBatchMiningConfig
 from cnnlab import runtime
 from cnnlab.train import TrainingDiverged, augment_batch, make_optimizer
 from cnnlab.models import create_model
@@ -44,6 +44,38 @@ def test_resume_continues_to_the_new_total(tiny_config, mnist_small):
     assert len(resumed.batch_losses) == 48
     with pytest.raises(ValueError, match="already has 2 epochs"):
         fit_run(with_train(tiny_config, epochs=2, resume_from=str(resumed.last_path)), mnist_small)
+
+
+class StopAfter:
+    """An epoch listener that interrupts training, as Ctrl-C would, once ``epoch`` is saved."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, record):
+        if record["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_then_resumed_run_ends_bit_identical(tiny_config, mnist_small, tmp_path):
+    """Dropout (global RNG), crop/flip (data generator), a cosine schedule and hard-batch mining
+    all carry state across epochs: resuming must restore every one of them."""
+    config = with_train(tiny_config, epochs=3, scheduler="cosine", augment=AugmentConfig(crop_padding=2, hflip=True),
+                        hard_batch_mining=HardBatchMiningConfig(start_epoch=2, fraction=0.1))
+    whole = fit_run(dataclasses.replace(config, models_dir=str(tmp_path / "whole")), mnist_small)
+    interrupted = dataclasses.replace(config, models_dir=str(tmp_path / "interrupted"))
+    with pytest.raises(KeyboardInterrupt):
+        fit_run(interrupted, mnist_small, StopAfter(2))
+    resumed = fit_run(with_train(interrupted, resume_from=str(tmp_path / "interrupted" / interrupted.name / "last.pt")),
+                      mnist_small)
+    assert resumed.history == [dict(h, epoch_seconds=r["epoch_seconds"], train_images_per_second=r[
+        "train_images_per_second"]) for h, r in zip(whole.history, resumed.history)]
+    assert resumed.batch_losses == whole.batch_losses
+    for name in ("best.pt", "last.pt"):
+        expected, actual = load_checkpoint(whole.best_path.parent / name), load_checkpoint(resumed.best_path.parent / name)
+        assert expected["epoch"] == actual["epoch"]
+        assert expected["state_dict"].keys() == actual["state_dict"].keys()
+        assert all(torch.equal(expected["state_dict"][k], actual["state_dict"][k]) for k in expected["state_dict"])
 
 
 def test_resume_needs_a_last_checkpoint(tiny_config, trained, mnist_small):

@@ -9,6 +9,8 @@
 Every command reads ``params.yaml`` (``--params`` for another file) with the catalogue entry
 ``experiment`` names (catalogue.yaml) merged in, and accepts the same ``-S key=value``
 overrides as ``dvc exp run -S``. It parses and dispatches: the stages (cnnlab.stages) do the work.
+Ctrl-C or SIGTERM ends the command's MLflow runs KILLED and prints one line (for training, the
+command that resumes it); the exit code is then 130 or 143 (cnnlab.lifecycle).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, load_config
 from .contract import PIPELINE, stage
+from .lifecycle import exit_code, signals_as_interrupts
 
 
 def run_stage(name: str) -> Callable[[Config, Any], Any]:
@@ -121,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted_line(args, err: KeyboardInterrupt) -> str:
+    """The one line an interrupted command prints: where it stopped and the command that goes
+    on from there (this command's own settings, plus the interruption's ``resume_settings``)."""
+    settings = getattr(err, "resume_settings", None)
+    if settings is None:
+        return f"cnnlab {args.command}: interrupted; run the same command again to go on"
+    if args.command not in ("train", "pipeline"):  # seeds, retrain-best: runs configured in code
+        return f"cnnlab {args.command}: {err}"
+    kept = [o for o in args.overrides if o.split("=", 1)[0] not in settings]
+    params = [] if args.params == "params.yaml" else ["--params", args.params]
+    overrides = [*kept, *(f"{key}={value}" for key, value in settings.items())]
+    command = shlex.join(["cnnlab", "train", *params, *(word for o in overrides for word in ("-S", o))])
+    return f"{err}; {'resume' if settings else 'start again'} with `{command}`"
+
+
 def main(argv: list[str] | None = None) -> int:
     # Our own INFO lines; other libraries' (onnxscript, openTSNE, alembic) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -135,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     expected = (ConfigError, DatasetError, ModelError, CheckpointError, TrainingDiverged, ParityError,
                 FileNotFoundError, RuntimeError, ValueError)
     try:
-        config = load_config(args.params, args.overrides)
-        COMMANDS[args.command][0](config, args)
+        with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
+            config = load_config(args.params, args.overrides)
+            COMMANDS[args.command][0](config, args)
+    except KeyboardInterrupt as err:
+        print(interrupted_line(args, err), file=sys.stderr, flush=True)
+        return exit_code(err)
     except expected as err:
         if os.environ.get("CNNLAB_DEBUG"):
             raise

@@ -120,6 +120,31 @@ def seed_everything(seed: int) -> torch.Generator:
     return seeded_generator(seed)
 
 
+def rng_state() -> dict:
+    """Python's, NumPy's and torch's global RNG states (CUDA's too, where present) in types a
+    ``weights_only`` checkpoint load accepts: what a resumed run needs to draw the same dropout
+    masks as an uninterrupted one."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                        has_gauss, gauss],
+             "python": [version, list(internal), python_gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, python_gauss = state["python"]
+    random.setstate((version, tuple(internal), python_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def seeded_generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)

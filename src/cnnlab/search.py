@@ -27,6 +27,7 @@ import torch
 from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig
 from .data import PreparedData
 from .data.sampling import stratified_sample
+from .lifecycle import FAILURE_TAG, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
 from .builder import build_model, resolve_model_kwargs
@@ -208,19 +209,22 @@ class Objective:
         trial.set_user_attr("model_kwargs", model_kwargs)
         config = self.trial_config(trial, model_kwargs, training)
         tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
-                             tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number)})
-        tracker.log_config(config, {"total_parameters": parameters})
+                             tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number),
+                                   **owner_tags()})
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
-        try:
-            result = fit(config, self.data, build_model(config, self.data), TrialReporter(trial, tracker, not self.search.multi_objective))
-        except optuna.TrialPruned as err:
-            self._close(trial, tracker, "PRUNED", str(err), "FINISHED")
-            raise
-        except TrainingDiverged as err:
-            self._close(trial, tracker, "FAIL", str(err), "FAILED")
-            raise
-        tracker.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": parameters})
-        self._close(trial, tracker, "COMPLETE", "", "FINISHED")
+        with tracker.running():  # any other error or an interruption ends the child run too
+            tracker.log_config(config, {"total_parameters": parameters})
+            try:
+                result = fit(config, self.data, build_model(config, self.data),
+                             TrialReporter(trial, tracker, not self.search.multi_objective))
+            except optuna.TrialPruned as err:
+                self._close(trial, tracker, "PRUNED", str(err), "FINISHED")
+                raise
+            except TrainingDiverged as err:
+                self._close(trial, tracker, "FAIL", str(err), "FAILED")
+                raise
+            tracker.log_metrics({"best_val_accuracy": result.best_val_accuracy, "parameters": parameters})
+            self._close(trial, tracker, "COMPLETE", "", "FINISHED")
         if self.search.multi_objective:
             return result.best_val_accuracy, parameters
         return result.best_val_accuracy
@@ -234,16 +238,19 @@ class Objective:
 
 
 def ensure_parent_run(study: optuna.Study, config: Config) -> str:
-    """One MLflow parent run per study, its id kept in the study so every worker finds it."""
-    from .tracking import RunTracker
+    """One MLflow parent run per study, its id kept in the study so every worker finds it.
+    Trial runs left RUNNING by a worker that died are marked FAILED first."""
+    from .tracking import RunTracker, mark_dead_runs
 
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     tracker = RunTracker(config, run_id=parent, run_name=f"search-{config.search.study}",
-                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent"})
+                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent", **owner_tags()})
     if tracker.run_id != parent:
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
         tracker.log_params({f"search.{k}": v for k, v in dataclasses.asdict(config.search).items() if k != "space"})
     else:  # a resumed study: its parent run ended with the last invocation and runs again
+        mark_dead_runs(tracker.client, tracker.experiment_id, f"tags.mlflow.parentRunId = '{parent}'",
+                       "cnnlab search")
         tracker.client.update_run(tracker.run_id, status="RUNNING")
     return tracker.run_id
 
@@ -257,7 +264,7 @@ def end_parent_run(config: Config, status: str, reason: str = "") -> None:
         if parent:
             tracker = RunTracker(config, run_id=parent)
             if reason:
-                tracker.set_tags({"cnnlab.failure": reason[:1000]})
+                tracker.set_tags({FAILURE_TAG: reason[:1000]})
             tracker.set_terminated(status)
     except Exception as err:  # noqa: BLE001 - never hide the error that ended the search
         log.warning("could not end the parent run of study %s: %s", config.search.study, err)

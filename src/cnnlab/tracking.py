@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import Config, flatten
+from .lifecycle import FAILURE_TAG, describe_exit, heartbeat_tag, owner_died, owner_tags
 from .runtime import project_root
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class RunTracker:
             tags = None
         self.run_id = run_id
         self._mlflow = mlflow
+        self.ended = False  # set_terminated was called
         if tags:  # an existing run adopted by id (e.g. created by `mlflow run`)
             self.set_tags(tags)
 
@@ -216,14 +218,18 @@ class RunTracker:
         items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in tags.items()]
         self.client.log_batch(self.run_id, tags=items)
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0, prefix: str = "") -> None:
-        from mlflow.entities import Metric
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, prefix: str = "",
+                    tags: dict[str, str] | None = None) -> None:
+        """Metrics at ``step``; ``tags`` ride along in the first request."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
         items = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+        tag_items = [RunTag(k, str(v)[:MAX_TAG_LENGTH]) for k, v in (tags or {}).items()]
+        for start in range(0, max(len(items), 1 if tag_items else 0), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000],
+                                  tags=tag_items if start == 0 else [])
 
     def log_series(self, key: str, values: Iterable[float]) -> None:
         """A long series (per-batch loss) in batches of 1,000 points, not one call per value."""
@@ -235,8 +241,40 @@ class RunTracker:
             self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def on_epoch_end(self, record: dict[str, float]) -> None:
+        """The epoch's metrics at step = epoch, and the run's heartbeat, in one request."""
         epoch = int(record["epoch"])
-        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch, tags=heartbeat_tag())
+
+    def log_missing_epochs(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs of ``history`` the run lacks: a process stopped between writing last.pt
+        and logging that epoch leaves a gap that a resumed run fills, so the curves stay whole."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val_accuracy")}
+        for record in history:
+            if int(record["epoch"]) not in logged:
+                self.on_epoch_end(record)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @contextmanager
+    def running(self):
+        """This process owns the run (``cnnlab.pid``/``cnnlab.host`` tags) for the block; an
+        exception or signal leaving it ends the run FAILED, or KILLED when interrupted, with
+        the reason as ``cnnlab.failure`` (unless the block ended the run itself)."""
+        self.set_tags(owner_tags())
+        try:
+            yield self
+        except BaseException as err:
+            if not self.ended:
+                self.set_tags({FAILURE_TAG: describe_exit(err)})
+                self.set_terminated("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+
+    def reopen(self) -> None:
+        """Continue an interrupted run: RUNNING again, its stop reason kept as cnnlab.previous_failure."""
+        reason = self.client.get_run(self.run_id).data.tags.get(FAILURE_TAG)
+        if reason:
+            self.set_tags({"cnnlab.previous_failure": reason})
+            self.client.delete_tag(self.run_id, FAILURE_TAG)
+        self.client.update_run(self.run_id, status="RUNNING")
 
     # --- artifacts and models ------------------------------------------------------------
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -263,6 +301,7 @@ class RunTracker:
 
     def set_terminated(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+        self.ended = True
 
     def write_run_info(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,8 +316,50 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def reopen_run(config: Config, run_info_path: Path) -> RunTracker:
-    """The finished training run recorded in ``run.json`` (a new one if that store was reset)."""
+def mark_dead_runs(client, experiment_id: str, which: str, command: str) -> list[str]:
+    """Mark FAILED the RUNNING runs matching the filter ``which`` whose owning process died
+    (``lifecycle.owner_died``), tagged ``cnnlab.failure=process died (found by <command>)``."""
+    running = client.search_runs([experiment_id], f"{which} and attributes.status = 'RUNNING'")
+    dead = [run.info.run_id for run in running if owner_died(run.data.tags)]
+    for run_id in dead:
+        client.set_tag(run_id, FAILURE_TAG, f"process died (found by {command})")
+        client.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left RUNNING by a process that died; marked FAILED", run_id)
+    return dead
+
+
+def mark_dead_runs_of(config: Config, command: str) -> list[str]:
+    """``mark_dead_runs`` for the runs named ``config.name``: every command that starts or
+    reopens a run first clears the ones its predecessors left behind."""
+    client = client_for(resolve_tracking_uri(config.tracking.uri))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return []
+    return mark_dead_runs(client, experiment.experiment_id, f"attributes.run_name = '{config.name}'", command)
+
+
+def resumable_run(config: Config, run_id: str) -> str | None:
+    """``run_id`` when a resumed run can continue it: it is in this store and experiment, named
+    ``config.name``, and did not finish (a finished run resumed for more epochs gets a new run)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    client = client_for(resolve_tracking_uri(config.tracking.uri))
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return None
+    experiment = client.get_experiment(run.info.experiment_id)
+    continuable = (run.info.run_name == config.name and run.info.status != "FINISHED"
+                   and run.info.lifecycle_stage == "active" and experiment.name == config.tracking.experiment)
+    return run_id if continuable else None
+
+
+def reopen_run(config: Config, run_info_path: Path, command: str) -> RunTracker:
+    """The finished training run recorded in ``run.json`` (a new one if that store was reset),
+    after marking runs of this name whose process died (``command`` is named in their tag)."""
+    mark_dead_runs_of(config, command)
     if not run_info_path.exists():
         raise FileNotFoundError(f"{run_info_path} not found: no finished training run to log into; "
                                 f"run `cnnlab train -S experiment={config.experiment}` first")

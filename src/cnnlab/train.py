@@ -3,7 +3,9 @@
 Whole datasets stay in memory as uint8 tensors; each step gathers a batch by index,
 normalises and augments it as one tensor operation, and runs under bf16 autocast with
 channels_last where the hardware does bf16 natively (see ``runtime.py``). Every epoch
-writes ``last.pt`` (resumable) and, when validation improves, ``best.pt``.
+writes ``last.pt`` and, when validation improves, ``best.pt``. ``last.pt`` holds all a resumed
+run needs to end bit-identical on a CPU (optimizer, scheduler, data-order generator, global RNG
+states) and the MLflow run it belongs to.
 
 Run it through the CLI: ``cnnlab train -S train.epochs=1``.
 """
@@ -26,7 +28,7 @@ from .checkpoint import save_checkpoint, with_tta
 from .config import Config, TrainConfig
 from .data import PreparedData
 from .models import total_parameters, trainable_parameters
-from .runtime import Runtime, resolve_runtime, seeded_generator, set_threads
+from .runtime import Runtime, resolve_runtime, rng_state, seeded_generator, set_rng_state, set_threads
 from .transfer import fit_linear_svm, set_head
 
 
@@ -201,8 +203,10 @@ def fit_svm_head(model: nn.Module, data: PreparedData, transform: BatchTransform
     return record
 
 
-def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochListener | None = None) -> FitResult:
-    """Train ``start.model`` (built by ``builder.build_model``) under ``config.train``."""
+def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochListener | None = None,
+        run_id: str = "") -> FitResult:
+    """Train ``start.model`` (built by ``builder.build_model``) under ``config.train``; ``run_id``
+    is the MLflow run last.pt names, so that resuming from it continues that run."""
     cfg = config.train
     set_threads(cfg.threads)
     runtime = resolve_runtime(cfg.device, cfg.precision)
@@ -270,6 +274,8 @@ def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochLi
         batch_losses.append(loss_value)
         return loss_value, int((logits.argmax(1) == labels).sum())
 
+    if resumed.get("rng"):  # last, so that building the network drew nothing from it
+        set_rng_state(resumed["rng"])
     for epoch in range(start.start_epoch + 1, cfg.epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
@@ -314,7 +320,8 @@ def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochLi
         save_checkpoint(last_path, payload(
             epoch, val_accuracy=val_accuracy, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,
-            generator=generator.get_state(), history=history, batch_losses=batch_losses))
+            generator=generator.get_state(), rng=rng_state(), history=history, batch_losses=batch_losses,
+            mlflow_run_id=run_id))
         bar.close()
         print(f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
               f"val loss {val_loss:.4f} acc {val_accuracy:.4f}  {record['epoch_seconds']:.1f}s "

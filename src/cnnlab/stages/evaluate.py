@@ -36,7 +36,7 @@ def evaluate(config: Config) -> dict[str, Any]:
     if tta != "none":  # what TTA adds, measured on the same checkpoint
         plain, _ = predict(model, data.x_test, transform, config.train.eval_batch_size)
         report["test_accuracy_without_tta"] = (plain.argmax(1) == data.y_test).float().mean().item()
-    tracker = reopen_run(config, files.run_info)  # before writing: no run, no new results
+    tracker = reopen_run(config, files.run_info, "cnnlab evaluate")  # before writing: no run, no new results
     write_json(files.eval, report)
     predicted = logits.argmax(1).tolist()
     write_json(files.predictions, [{"actual": payload["classes"][t], "predicted": payload["classes"][p]}

@@ -21,7 +21,7 @@ def export(config: Config) -> ParityReport:
     parity = onnx_parity(module, files.onnx, data.x_test, config.export.max_abs_diff,
                          config.export.min_argmax_agreement)
     write_json(files.parity, parity.to_dict())
-    tracker = reopen_run(config, files.run_info)
+    tracker = reopen_run(config, files.run_info, "cnnlab export")
     tracker.log_metrics({"onnx_max_abs_diff": parity.max_abs_diff, "onnx_argmax_agreement": parity.argmax_agreement})
     tracker.set_tags({"onnx.parity": "passed" if parity.passed else "failed"})
     tracker.log_artifacts([files.onnx, files.parity], "onnx")

@@ -23,7 +23,7 @@ def register(config: Config) -> dict[str, Any]:
     if not parity.get("passed"):
         raise RuntimeError(f"{files.parity} records a failed ONNX parity check; refusing to register")
     evaluation = read_json(files.eval, "evaluate")
-    tracker = reopen_run(config, files.run_info)
+    tracker = reopen_run(config, files.run_info, "cnnlab register")
     model_uri = tracker.client.get_run(tracker.run_id).data.tags.get("model.uri")
     if not model_uri:
         raise RuntimeError(f"MLflow run {tracker.run_id} has no logged model (tracking.log_model was false "

@@ -51,7 +51,7 @@ def report(config: Config) -> list[Path]:
                 classes, fig / f"examples_{kind}.png", f"{title}: {kind}ly classified test images"))
     files.report.write_text(render_report(title, settings, train_metrics, history, evaluation, figures,
                                           format_layer_table(layers)))
-    tracker = reopen_run(config, files.run_info)
+    tracker = reopen_run(config, files.run_info, "cnnlab report")
     tracker.log_artifacts(figures, "figures")
     tracker.log_artifacts([files.report, files.layers])
     print(f"report: {files.report} with {len(figures)} figures")

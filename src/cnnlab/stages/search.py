@@ -17,12 +17,13 @@ from .seeds import seeds
 def search(config: Config) -> dict[str, Any]:
     """Run or resume the study; what search.json holds. The study's MLflow parent run runs while
     this invocation works on the study and ends with it, whatever ends it."""
+    from ..lifecycle import describe_exit
     from ..search import end_parent_run, search_with_workers, write_summary
 
     try:
         study = search_with_workers(config, RunFiles.of(config).prepared)
     except BaseException as err:
-        end_parent_run(config, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", str(err) or repr(err))
+        end_parent_run(config, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", describe_exit(err))
         raise
     summary = write_summary(study, StudyFiles.of(config).search_summary, config.search.param_budget)
     end_parent_run(config, "FINISHED")

@@ -1,0 +1,106 @@
+"""How a command ends, and who owns a run: no MLflow run is left RUNNING by a command that ended.
+
+``cli.main`` runs every command inside ``signals_as_interrupts()``: SIGTERM (what ``kill``,
+DVC and job schedulers send) then raises ``Terminated``, a ``KeyboardInterrupt``, so it takes
+the Ctrl-C path: the run ends KILLED with the reason as its ``cnnlab.failure`` tag, one line
+says how to resume, and the exit code is 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+
+A process killed without a word (``kill -9``, power loss) cannot end its run, so every run
+records its owner (``cnnlab.pid``, ``cnnlab.host``) and a heartbeat (``cnnlab.heartbeat``,
+unix seconds, renewed each epoch); ``owner_died`` tells the next command that the owner is
+gone, and ``tracking.mark_dead_runs`` marks such runs FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+PID_TAG, HOST_TAG, HEARTBEAT_TAG = "cnnlab.pid", "cnnlab.host", "cnnlab.heartbeat"
+FAILURE_TAG = "cnnlab.failure"  # why a run ended FAILED or KILLED
+# A run on another machine is given up for dead when its heartbeat is older than this: the
+# longest epoch we run (AlexNet on CIFAR-10, 2 CPU cores) takes under an hour.
+STALE_HEARTBEAT_SECONDS = 6 * 3600
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C, with the exit code of SIGTERM."""
+
+    signal_number = signal.SIGTERM
+
+
+def exit_signal(interruption: KeyboardInterrupt) -> int:
+    """The signal behind an interruption: SIGTERM for ``Terminated``, else SIGINT (Ctrl-C)."""
+    return int(getattr(interruption, "signal_number", signal.SIGINT))
+
+
+def exit_code(interruption: KeyboardInterrupt) -> int:
+    """The shell's code for a process ended by the signal: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + exit_signal(interruption)
+
+
+def describe_exit(err: BaseException) -> str:
+    """The reason a run ended early, for its ``cnnlab.failure`` tag."""
+    if isinstance(err, KeyboardInterrupt):
+        return f"interrupted by {signal.Signals(exit_signal(err)).name}"
+    return str(err) or type(err).__name__
+
+
+def _raise_terminated(signum, frame) -> None:
+    # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
+    # handlers that are ending the runs. SIGKILL still stops the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("terminated by SIGTERM")
+
+
+@contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Within the block the first SIGTERM raises ``Terminated`` (later ones are ignored); the
+    previous handler comes back after. A SIGTERM the parent process set to be ignored stays
+    ignored, and outside the main thread (where Python cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process as the run's owner, with a fresh heartbeat."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **heartbeat_tag()}
+
+
+def heartbeat_tag() -> dict[str, str]:
+    return {HEARTBEAT_TAG: str(int(time.time()))}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def owner_died(tags: dict[str, str], now: float | None = None) -> bool:
+    """Whether the process that owns a RUNNING run is gone: on this host its pid no longer
+    exists; on another its heartbeat is older than ``STALE_HEARTBEAT_SECONDS``. A run without
+    owner tags (created by something else, or before they were recorded) is never judged."""
+    pid, host = tags.get(PID_TAG, ""), tags.get(HOST_TAG, "")
+    if not pid.isdigit() or not host:
+        return False
+    if host == socket.gethostname():
+        return not pid_alive(int(pid))
+    beat = tags.get(HEARTBEAT_TAG, "")
+    return beat.isdigit() and (now or time.time()) - int(beat) > STALE_HEARTBEAT_SECONDS
