@@ -171,6 +171,7 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
     parent = json.loads((study_dir / "search.json").read_text())["mlflow_parent_run_id"]
     logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent, "search_figures")}
     assert len(logged) == 4
+    assert MlflowClient(tracking_uri=tracking_uri).get_run(parent).info.status == "FINISHED"  # ends with the search
     assert main(["retrain-best", *args]) == 0
     winner = tmp_path / "outputs" / f"{config.search.study}_winner"
     seeds = json.loads((winner / "seeds.json").read_text())
@@ -178,6 +179,8 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
     assert seeds["total_parameters"] <= config.search.param_budget
     registered = list(winner.glob("seed*/registered.json"))
     assert len(registered) == 1
+    chosen = max(seeds["runs"], key=lambda r: r["best_val_accuracy"])["seed"]  # validation chooses, never test
+    assert registered[0].parent.name == f"seed{chosen}"
     record = json.loads(registered[0].read_text())
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(record["name"], "champion")
     assert version.tags["onnx_parity"] == "passed"
