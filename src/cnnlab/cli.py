@@ -9,6 +9,7 @@
 Every command reads ``params.yaml`` (``--params`` for another file) with the catalogue entry
 ``experiment`` names (catalogue.yaml) merged in, and accepts the same ``-S key=value``
 overrides as ``dvc exp run -S``. It parses and dispatches: the stages (cnnlab.stages) do the work.
+Run outside DVC, a command refuses to write a file a dvc.yaml stage caches (cnnlab.dvc_guard).
 Ctrl-C or SIGTERM ends the command's MLflow runs KILLED and prints one line (for training, the
 command that resumes it); the exit code is then 130 or 143 (cnnlab.lifecycle).
 """
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, load_config
-from .contract import PIPELINE, stage
+from .contract import PIPELINE, STAGES, SWEEPS, stage
+from .dvc_guard import refuse_uncached_writes
 from .lifecycle import exit_code, signals_as_interrupts
 
 
@@ -79,6 +81,14 @@ def cmd_dvc_yaml(config: Config, args) -> None:
                           "run `cnnlab dvc-yaml` and commit the result")
     print(("up to date" if args.check else "written: " + (", ".join(str(p.relative_to(root)) for p in stale)
                                                           or "nothing changed")))
+
+
+def stages_of(command: str) -> tuple[str, ...]:
+    """The contract stages a command runs (none for datasets, models, dvc-yaml)."""
+    if command == "pipeline":
+        return PIPELINE
+    name = command.replace("-", "_")
+    return (name,) if name in STAGES or name in SWEEPS else ()
 
 
 def stage_help(name: str) -> str:
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
             config = load_config(args.params, args.overrides)
+            refuse_uncached_writes(stages_of(args.command), config, args.params)  # DVC's files: DVC writes them
             COMMANDS[args.command][0](config, args)
     except KeyboardInterrupt as err:
         print(interrupted_line(args, err), file=sys.stderr, flush=True)
