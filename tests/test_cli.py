@@ -137,3 +137,24 @@ def test_evaluate_refuses_a_corrupt_checkpoint_and_keeps_eval_json(cli_overrides
     err = capsys.readouterr().err
     assert str(best) in err and "the file is corrupt; retrain with `cnnlab train`, or restore it with `dvc checkout`" in err
     assert eval_json.read_bytes() == before
+
+
+def test_after_a_failed_train_evaluate_logs_into_no_run(cli_overrides, tmp_path, tracking_uri, capsys):
+    """run.json points at a run only once it finished: a diverged retrain leaves no pointer, so
+    evaluate cannot log the earlier model's numbers into the failed run."""
+    overrides = [*cli_overrides, "-S", "train.epochs=1", "-S", "tracking.log_model=false"]
+    assert main(["prepare", *overrides]) == 0
+    assert main(["train", *overrides]) == 0
+    run_info = tmp_path / "outputs" / "e1_mnist_simple_cnn" / "run.json"
+    finished = json.loads(run_info.read_text())["run_id"]
+    diverging = [*overrides, "-S", "train.optimizer=sgd", "-S", "train.lr=1000000.0"]
+    assert main(["train", *diverging]) == 2
+    assert not run_info.exists()
+    capsys.readouterr()
+    assert main(["evaluate", *overrides]) == 2
+    assert "no finished training run" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = client.search_runs([client.get_run(finished).info.experiment_id])
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert failed and all("test_accuracy" not in r.data.metrics for r in failed)
+    assert client.get_run(finished).info.status == "FINISHED"
