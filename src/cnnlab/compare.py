@@ -1,28 +1,83 @@
 """The comparison with the catalogue's reference figures: one row per experiment.
 
 Reads only what the stages wrote (``outputs/<experiment>/eval.json``, ``seeds.json``,
-``train_metrics.json``); an experiment with no results is reported as "not run: <why>".
+``train_metrics.json``, ``history.json``); an experiment with no results is reported as
+"not run: <why>".
 
     cnnlab compare            # writes outputs/comparison.{json,md}
+
+A catalogue ``reference:`` names its metric by its key and gives one figure or a range:
+``test_accuracy: 0.9814`` or ``best_val_accuracy: [0.7065, 0.72]``; ``dataset:`` where the
+reference ran on another dataset than ours, ``derived: true`` where the figure is not reported
+but inferred (e.g. "no gain over base"). A row compares like with like:
+
+- the reference's metric against ours: ``best_val_accuracy`` (train_metrics.json, or the mean
+  over the seeds in seeds.json) or ``test_accuracy`` (eval.json, or seeds.json);
+- a proxy row (our dataset differs from the reference's) goes to its own table, shown beside
+  the reference, with no verdict; so does a derived reference ("no verdict: derived reference");
+- each row states what ran: epochs, test-time augmentation, a frozen backbone.
+
+Verdicts, with the reference range widened by ``tolerance`` on both sides:
+
+- n >= 3 runs: the 95% Student-t interval of the mean (mean ± t_{0.975, n-1} · std / √n)
+  decides: "beats" when it lies wholly above the widened range, "below" wholly below,
+  "matches" when it overlaps it;
+- n < 3: no interval can be drawn, so a mean inside the widened range "matches" and one
+  outside reads "above (n=1)" / "below (n=1)" (n=2 likewise): a direction from one or two
+  runs, not a claim that we beat or trail the reference.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from scipy.stats import t as student_t
+
 from .config import Config
 from .contract import StudyFiles
+from .metrics import mean_std
+
+METRICS = ("test_accuracy", "best_val_accuracy")  # a reference's figure is keyed by its metric
+REFERENCE_KEYS = (*METRICS, "dataset", "derived", "group", "source")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A catalogue reference: which metric, its range (low == high for one figure), on which data."""
+
+    metric: str
+    low: float
+    high: float
+    dataset: str
+    derived: bool = False
+
+    @classmethod
+    def parse(cls, entry: dict[str, Any], run_dataset: str) -> "Reference | None":
+        unknown = sorted(set(entry) - set(REFERENCE_KEYS))
+        if unknown:
+            raise ValueError(f"reference keys {unknown} unknown; valid: {', '.join(REFERENCE_KEYS)}")
+        metrics = [m for m in METRICS if m in entry]
+        if len(metrics) > 1:
+            raise ValueError(f"a reference gives one metric, not {metrics}")
+        if not metrics:
+            return None
+        figure = entry[metrics[0]]
+        low, high = (figure, figure) if isinstance(figure, (int, float)) else figure
+        if not low <= high:
+            raise ValueError(f"reference range {figure} must run low to high")
+        return cls(metrics[0], float(low), float(high), entry.get("dataset", run_dataset), bool(entry.get("derived")))
 
 
 @dataclass
 class Row:
     experiment: str
     dataset: str
-    metric: str
-    reference: float | None
+    metric: str  # what is compared: the reference's metric (test_accuracy when there is none)
+    reference: tuple[float, float] | None  # [low, high] of the reference's metric
     mean: float | None
     std: float | None
     runs: int
@@ -31,52 +86,110 @@ class Row:
     verdict: str
     note: str = ""
     group: str = ""
+    reference_dataset: str = ""  # "" = ours
+    interval: tuple[float, float] | None = None  # 95% interval of the mean, n >= 3
+    what_ran: str = ""
+
+    @property
+    def proxy(self) -> bool:
+        """Ran on another dataset than the reference's: shown beside it, never judged against it."""
+        return bool(self.reference_dataset) and self.reference_dataset != self.dataset
 
 
-def verdict(reference: float | None, mean: float | None, tolerance: float) -> str:
+def mean_interval(mean: float, std: float, runs: int, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for the mean of ``runs`` values with sample std ``std``."""
+    half = student_t.ppf(0.5 + level / 2, runs - 1) * std / math.sqrt(runs)
+    return mean - half, mean + half
+
+
+def verdict(reference: tuple[float, float] | None, mean: float | None, std: float | None, runs: int,
+            tolerance: float) -> str:
+    """Ours against a comparable reference range (module docstring: when each word is used)."""
     if mean is None:
         return "not run"
     if reference is None:
         return "no reference"
-    if mean > reference + tolerance:
-        return "beats"
-    if mean >= reference - tolerance:
-        return "matches"
-    return "below"
+    low, high = reference[0] - tolerance, reference[1] + tolerance
+    if runs >= 3:
+        ours_low, ours_high = mean_interval(mean, std, runs)
+        return "beats" if ours_low > high else "below" if ours_high < low else "matches"
+    if mean > high:
+        return f"above (n={runs})"
+    if mean < low:
+        return f"below (n={runs})"
+    return "matches"
 
 
 def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def what_ran(run_dir: Path, init_from: str = "") -> str:
+    """Epochs, test-time augmentation, frozen layers and starting weights, from one run's files."""
+    history, evaluation, train = (_read(run_dir / f) for f in ("history.json", "eval.json", "train_metrics.json"))
+    train, evaluation = train or {}, evaluation or {}
+    epochs = len(history) if history else train.get("epochs")
+    parts = [f"{epochs} epoch{'s' if epochs != 1 else ''}"] if epochs else []
+    # eval.json files written before the key existed predate test-time augmentation: none.
+    tta = evaluation.get("test_time_augmentation", "none")
+    if tta != "none":
+        parts.append(f"TTA {tta}")
+    policy = train.get("transfer_policy")
+    if train.get("frozen_parameters"):
+        parts.append(f"frozen backbone ({policy}, {train['frozen_parameters']:,} params frozen)")
+    elif policy == "scratch":
+        parts.append("from scratch")
+    elif init_from:
+        parts.append(f"all layers fine-tuned from {init_from}")
+    return "; ".join(parts)
+
+
 def experiment_row(config: Config, catalogue_reference: dict[str, Any], tolerance: float,
                    why_missing: Callable[[str], str]) -> Row:
     out = config.output_dir
-    reference = catalogue_reference.get("test_accuracy")
-    seeds, evaluation, train = _read(out / "seeds.json"), _read(out / "eval.json"), _read(out / "train_metrics.json")
-    ref_dataset = catalogue_reference.get("dataset", config.data.name)
-    note = f"ran on {config.data.name}; reference is {ref_dataset}" if ref_dataset != config.data.name else ""
+    reference = Reference.parse(catalogue_reference, config.data.name)
+    metric = reference.metric if reference else "test_accuracy"
+    seeds_path = out / "seeds.json"
+    seeds, evaluation, train = _read(seeds_path), _read(out / "eval.json"), _read(out / "train_metrics.json")
+    notes = []
     # A search's result is its winner retrained with every seed (`cnnlab retrain-best`).
     if config.experiment == config.search.study and not seeds:
-        seeds = _read(StudyFiles.of(config).winner_seeds)
+        seeds_path = StudyFiles.of(config).winner_seeds
+        seeds = _read(seeds_path)
         if seeds:
-            note = (note + "; " if note else "") + "search winner retrained"
+            notes.append("search winner retrained")
+    run_dir = out
     if seeds:
-        mean, std, runs = seeds["test_accuracy_mean"], seeds["test_accuracy_std"], len(seeds["runs"])
-        wall = seeds["wall_seconds_mean"]
-        parameters = total_parameters(seeds)
+        values = [run.get(metric) for run in seeds["runs"]]
+        mean, std = mean_std(values) if None not in values else (None, None)
+        runs, wall, parameters = len(values), seeds["wall_seconds_mean"], total_parameters(seeds)
+        first_seed = seeds_path.parent / f"seed{seeds['runs'][0]['seed']}"
+        run_dir = first_seed if first_seed.is_dir() else out
     elif evaluation:
-        mean, std, runs = evaluation["test_accuracy"], None, 1
-        wall = train["wall_seconds"] if train else None
+        mean = (evaluation if metric == "test_accuracy" else train or {}).get(metric)
+        std, runs = None, 1
+        wall = train.get("wall_seconds") if train else None
         parameters = total_parameters(evaluation)
     else:
         mean = std = wall = parameters = None
         runs = 0
-        note = why_missing(config.data.name) or f"no results in {out}; run its stages"
+        notes.append(why_missing(config.data.name) or f"no results in {out}; run its stages")
+    if reference and reference.derived:
+        notes.append("derived reference: inferred, not reported")
     if train and train.get("data_embedded"):
-        note = (note + "; " if note else "") + "embedded 5k-digit MNIST subset, not the full set"
-    return Row(config.experiment, config.data.name, "test_accuracy", reference, mean, std, runs, parameters, wall,
-               verdict(reference, mean, tolerance), note, str(catalogue_reference.get("group", "")))
+        notes.append("embedded 5k-digit MNIST subset, not the full set")
+    figure = (reference.low, reference.high) if reference else None
+    interval = mean_interval(mean, std, runs) if mean is not None and runs >= 3 else None
+    row = Row(config.experiment, config.data.name, metric, figure, mean, std, runs, parameters, wall,
+              verdict(figure, mean, std, runs, tolerance), "; ".join(notes), str(catalogue_reference.get("group", "")),
+              catalogue_reference.get("dataset", ""), interval, what_ran(run_dir, config.transfer.init_from) if runs else "")
+    if runs and mean is None:
+        row.verdict = f"no verdict: our results record no {metric}"
+    elif runs and row.proxy:
+        row.verdict = "proxy: no verdict"
+    elif runs and reference and reference.derived:
+        row.verdict = "no verdict: derived reference"
+    return row
 
 
 def total_parameters(result: dict[str, Any]) -> int:
@@ -88,19 +201,47 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
+def _range(figure: tuple[float, float] | None) -> str:
+    if figure is None:
+        return "—"
+    return _pct(figure[0]) if figure[0] == figure[1] else f"{_pct(figure[0])}–{_pct(figure[1])}"
+
+
+def _ours(r: Row) -> str:
+    if r.mean is None:
+        return "—"
+    return f"{_pct(r.mean)} ± {100 * r.std:.2f} (n={r.runs})" if r.std is not None else f"{_pct(r.mean)} (n=1)"
+
+
+def _metric(r: Row) -> str:
+    return "best val" if r.metric == "best_val_accuracy" else "test"
+
+
 def format_markdown(rows: list[Row], tolerance: float) -> str:
+    judged, proxies = [r for r in rows if not r.proxy], [r for r in rows if r.proxy]
     lines = [
-        f"| experiment | data | reference % | ours % (mean ± std, n) | params | wall s | verdict (±{100 * tolerance:.1f} pp) | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+        f"Same dataset and metric as the reference; verdict with the range widened by ±{100 * tolerance:.1f} pp, "
+        "from the 95% interval of the mean when n ≥ 3 (`cnnlab.compare`).", "",
+        "| experiment | data | metric | reference % | ours % (mean ± std, n) | 95% interval % | params | wall s "
+        "| what ran | verdict | note |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
-    for r in rows:
-        ours = "—" if r.mean is None else (
-            f"{_pct(r.mean)} ± {100 * r.std:.2f} (n={r.runs})" if r.std is not None else f"{_pct(r.mean)} (n=1)")
-        verdict_text = r.verdict if r.mean is not None else f"not run: {r.note}"
-        lines.append(f"| {r.experiment} | {r.dataset} | {_pct(r.reference)} | {ours} | "
+    for r in judged:
+        verdict_text = r.verdict if r.mean is not None or r.runs else f"not run: {r.note}"
+        lines.append(f"| {r.experiment} | {r.dataset} | {_metric(r)} | {_range(r.reference)} | {_ours(r)} | "
+                     f"{'—' if r.interval is None else f'{_pct(r.interval[0])}–{_pct(r.interval[1])}'} | "
                      f"{'—' if r.parameters is None else f'{r.parameters:,d}'} | "
-                     f"{'—' if r.wall_seconds is None else f'{r.wall_seconds:.0f}'} | {verdict_text} | "
-                     f"{r.note if r.mean is not None else ''} |")
+                     f"{'—' if r.wall_seconds is None else f'{r.wall_seconds:.0f}'} | {r.what_ran} | {verdict_text} | "
+                     f"{r.note if r.runs else ''} |")
+    if proxies:
+        lines += ["", "**Proxy runs**: another dataset than the reference's, shown beside it with no verdict.", "",
+                  "| experiment | ran on | reference on | metric | reference % | ours % (mean ± std, n) | params "
+                  "| what ran | note |",
+                  "| --- | --- | --- | --- | ---: | ---: | ---: | --- | --- |"]
+        lines += [f"| {r.experiment} | {r.dataset} | {r.reference_dataset} | {_metric(r)} | {_range(r.reference)} | "
+                  f"{_ours(r) if r.runs else 'not run: ' + r.note} | "
+                  f"{'—' if r.parameters is None else f'{r.parameters:,d}'} | {r.what_ran} | "
+                  f"{r.note if r.runs else ''} |" for r in proxies]
     # One table per group and dataset: a group may hold the same study on MNIST and CIFAR-10,
     # whose accuracies do not compare.
     for group, dataset in sorted({(r.group, r.dataset) for r in rows if r.group}):
@@ -110,7 +251,7 @@ def format_markdown(rows: list[Row], tolerance: float) -> str:
             continue
         best = members[0].mean
         lines += ["", f"**{group}** on {dataset}, sorted best → worst (Δ against the best):", "",
-                  "| experiment | ours % | Δ pp | reference % |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {r.experiment} | {_pct(r.mean)} | {100 * (r.mean - best):+.2f} | {_pct(r.reference)} |"
-                  for r in members]
+                  "| experiment | metric | ours % | Δ pp | reference % |", "| --- | --- | ---: | ---: | ---: |"]
+        lines += [f"| {r.experiment} | {_metric(r)} | {_pct(r.mean)} | {100 * (r.mean - best):+.2f} | "
+                  f"{_range(r.reference)}{' (' + r.reference_dataset + ')' if r.proxy else ''} |" for r in members]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""``cnnlab compare``: every catalogue experiment against its reference figure, one table."""
+"""``cnnlab compare``: every catalogue experiment against its reference figure; proxy runs apart."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def compare(config: Config, tolerance: float, params: str = "params.yaml", overr
                            tolerance, why_missing) for name in catalogue.experiments()
             if catalogue.pipeline(name) != "demo"]
     json_path, table_path = comparison_files(config)
-    write_json(json_path, [row.__dict__ for row in rows])
+    write_json(json_path, [{**row.__dict__, "proxy": row.proxy} for row in rows])
     table = format_markdown(rows, tolerance)
     table_path.write_text(table)
     print(table)
