@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import platform
 import random
@@ -40,7 +41,8 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 # The tiny recipe every fault runs: 1,000 of the embedded digits, 2 epochs, no progress bars.
-RECIPE = ["data.name=mnist_digits", "data.train_subset=1000", "train.epochs=2", "train.progress=false",
+EPOCHS = 2
+RECIPE = ["data.name=mnist_digits", "data.train_subset=1000", f"train.epochs={EPOCHS}", "train.progress=false",
           "analysis.tsne_points=200"]
 # A search of 3 one-epoch trials on 300 images over a tiny space (tests/test_search.py's).
 # Heartbeats every second: the next invocation fails a killed worker's trial at once instead
@@ -261,8 +263,10 @@ def kill_train(project: Project, seed: int, epochs_before: int | None = None, de
                run: str | None = None) -> FaultRecord:
     """kill -9 `cnnlab train` after ``epochs_before`` epoch lines and ``delay`` seconds (drawn
     from ``seed`` when None); then resume from last.pt (or start again) and check."""
+    from cnnlab.checkpoint import load_checkpoint
+
     rng = random.Random(seed)
-    epochs_before = rng.randint(0, 1) if epochs_before is None else epochs_before
+    epochs_before = rng.randint(0, EPOCHS - 1) if epochs_before is None else epochs_before
     delay = round(rng.uniform(0, 3), 2) if delay is None else delay
     run = run or f"kill-train-{seed}"
     before = project.snapshot()
@@ -273,12 +277,15 @@ def kill_train(project: Project, seed: int, epochs_before: int | None = None, de
     process.wait()
     when = f"after {epoch_lines(log)} epoch line(s) + {delay}s" + ("" if killed else " (it had ended)")
     last = project.model_dir(run) / "last.pt"
-    resume = [f"train.resume_from={last}"] if last.exists() else []
+    # What the interrupted line of a SIGTERM'd train says: resume from last.pt, or start again
+    # when it holds every epoch (killed while recording results) or there is none yet.
+    resume = [f"train.resume_from={last}"] if last.exists() and load_checkpoint(last)["epoch"] < EPOCHS else []
     code, output = project.run("train", run, *resume)
     problems = [] if code == 0 else [f"the next train exited {code}: {tail(output)}"]
     problems += project.orphans()
     problems += finished_run_check(project, run)
-    note = "resumed from last.pt" if resume else "started again (no last.pt yet)"
+    note = "resumed from last.pt" if resume else \
+        "started again (last.pt held every epoch)" if last.exists() else "started again (no last.pt yet)"
     return record("kill -9", "train", seed, when, problems, project.losses(before), note)
 
 
@@ -383,8 +390,9 @@ def kill_stage(project: Project, seed: int, command: str, delay: float | None = 
         if len(versions) != 1:
             problems.append(f"{len(versions)} registered versions of {BASE_RUN}, expected 1")
     when = "once model.onnx was rewritten" if onnx_written else f"after {delay}s"
+    note = "the rerun succeeded; parity passed" + ("; one registered version" if command == "register" else "")
     return record("kill -9", command, seed, when + ("" if killed else " (it had ended)"), problems,
-                  project.losses(before))
+                  project.losses(before), note)
 
 
 # --- byte flips --------------------------------------------------------------------------------
@@ -624,17 +632,23 @@ def bad_settings_sweep(cli_keys: int = 3, root: Path | None = None) -> tuple[lis
     from cnnlab.config import ConfigError, load_config
 
     tried, failures = [], []
-    for key, tp in leaf_settings():
-        for what, value in bad_values(tp):
-            try:
-                load_config(ROOT / "params.yaml", [f"{key}={value}"])
-                problem = "accepted"
-            except ConfigError as err:
-                problem = "" if key in str(err) else f"the error does not name {key}: {err}"
-            tried.append({"key": key, "value": value, "what": what, "outcome": "failed" if problem else "survived",
-                          "note": problem})
-            if problem:
-                failures.append(FaultRecord("bad value", key, 0, f"{what}: {value}", "failed", False, problem))
+    naming = logging.getLogger("cnnlab.config")
+    level = naming.level
+    naming.setLevel(logging.ERROR)  # no warning per bad value that would rename the run
+    try:
+        for key, tp in leaf_settings():
+            for what, value in bad_values(tp):
+                try:
+                    load_config(ROOT / "params.yaml", [f"{key}={value}"])
+                    problem = "accepted"
+                except ConfigError as err:
+                    problem = "" if key in str(err) else f"the error does not name {key}: {err}"
+                tried.append({"key": key, "value": value, "what": what,
+                              "outcome": "failed" if problem else "survived", "note": problem})
+                if problem:
+                    failures.append(FaultRecord("bad value", key, 0, f"{what}: {value}", "failed", False, problem))
+    finally:
+        naming.setLevel(level)
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         project = Project(Path(scratch) / "cli")
         for entry in [t for t in tried if t["what"] == "out of range"][:cli_keys]:
