@@ -31,9 +31,10 @@ import sys
 import tempfile
 import time
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -405,6 +406,17 @@ def flip_byte(path: Path, rng: random.Random, offset: int | None = None) -> int:
     return offset
 
 
+@contextmanager
+def flipped(path: Path, rng: random.Random, offset: int | None = None) -> Iterator[tuple[int, int]]:
+    """``path`` with one byte flipped for the block (yields the offset and the file's size),
+    restored after, so the next fault finds it intact."""
+    kept = path.read_bytes()
+    try:
+        yield flip_byte(path, rng, offset), len(kept)
+    finally:
+        path.write_bytes(kept)
+
+
 def file_bytes(paths: list[Path]) -> dict[Path, bytes | None]:
     return {p: p.read_bytes() if p.exists() else None for p in paths}
 
@@ -423,12 +435,10 @@ def flip_checkpoint(project: Project, seed: int, which: str | None = None, offse
     rng = random.Random(seed)
     which = which or rng.choice(["best.pt", "last.pt"])
     path = project.model_dir(BASE_RUN) / which
-    kept = path.read_bytes()
     before = project.snapshot()
     outputs = file_bytes([project.output_dir(BASE_RUN) / n for n in ("eval.json", "onnx_parity.json")]
                          + [project.model_dir(BASE_RUN) / "model.onnx"])
-    try:
-        offset = flip_byte(path, rng, offset)
+    with flipped(path, rng, offset) as (offset, size):
         try:
             load_checkpoint(path)
             intact = True
@@ -445,11 +455,9 @@ def flip_checkpoint(project: Project, seed: int, which: str | None = None, offse
                 problems.append(f"{command} exited {code} on a checkpoint whose hashes verify: {tail(output)}")
         if not intact:
             problems += changed(outputs)
-    finally:
-        path.write_bytes(kept)
     note = "the flip hit bytes torch.load skips; both hashes verified the content intact" if intact else \
         "clear error, exit 2, nothing overwritten"
-    return record("byte flip", which, seed, f"offset {offset} of {len(kept)}", problems, project.losses(before), note)
+    return record("byte flip", which, seed, f"offset {offset} of {size}", problems, project.losses(before), note)
 
 
 def flip_prepared(project: Project, seed: int, offset: int | None = None) -> FaultRecord:
@@ -461,8 +469,7 @@ def flip_prepared(project: Project, seed: int, offset: int | None = None) -> Fau
     kept = path.read_bytes()
     before = project.snapshot()
     outputs = file_bytes([project.output_dir(BASE_RUN) / "eval.json"])
-    try:
-        offset = flip_byte(path, rng, offset)
+    with flipped(path, rng, offset) as (offset, size):
         code, output = project.run("evaluate", BASE_RUN)
         if code == 0:
             same = same_prepared(kept, path)
@@ -472,9 +479,7 @@ def flip_prepared(project: Project, seed: int, offset: int | None = None) -> Fau
         else:
             problems = [p for p in [clear_error(code, output, str(path))] if p] + changed(outputs)
             undetected, note = False, "clear error naming the file, exit 2, eval.json untouched"
-    finally:
-        path.write_bytes(kept)
-    return record("byte flip", "prepared data", seed, f"offset {offset} of {len(kept)}", problems,
+    return record("byte flip", "prepared data", seed, f"offset {offset} of {size}", problems,
                   project.losses(before), note, undetected)
 
 
@@ -498,19 +503,15 @@ def flip_onnx(project: Project, seed: int, offset: int | None = None) -> FaultRe
     refuse (clear error, exit 2), register no version and leave registered.json as it was."""
     rng = random.Random(seed)
     path = project.model_dir(BASE_RUN) / "model.onnx"
-    kept = path.read_bytes()
     before = project.snapshot()
     outputs = file_bytes([project.output_dir(BASE_RUN) / "registered.json"])
-    try:
-        offset = flip_byte(path, rng, offset)
+    with flipped(path, rng, offset) as (offset, size):
         code, output = project.run("register", BASE_RUN)
         problems = [p for p in [clear_error(code, output, str(path))] if p] + changed(outputs)
         after = project.snapshot().versions
         if after != before.versions:
             problems.append(f"registered versions changed from {before.versions} to {after}")
-    finally:
-        path.write_bytes(kept)
-    return record("byte flip", "model.onnx", seed, f"offset {offset} of {len(kept)}", problems,
+    return record("byte flip", "model.onnx", seed, f"offset {offset} of {size}", problems,
                   project.losses(before), "register refused: clear error, exit 2, no version")
 
 
