@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install bench lint clean-stores
+.PHONY: demo test test-fast install bench faults lint clean-stores
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+
+## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
+## scratch project; writes bench/faults.json (README, "When things go wrong")
+faults: install
+	$(BIN)/python bench/faults.py --faults 14 --seed 0 --out bench/faults.json
 
 ## clean-stores: delete the local MLflow store and Optuna storage (irreversible)
 clean-stores:

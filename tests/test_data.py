@@ -275,6 +275,19 @@ def test_prepared_artifact_round_trip_and_summary(mnist_small, tmp_path):
         load_prepared(path)
 
 
+def test_a_changed_pixel_of_a_prepared_file_is_found_and_an_older_file_loads(mnist_small, tmp_path):
+    path = save_prepared(mnist_small, tmp_path / "mnist.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["x_test"] = payload["x_test"].clone()
+    payload["x_test"][0, 0, 0, 0] ^= 1  # still unpickles: only the stored hash tells
+    torch.save(payload, path)
+    with pytest.raises(DatasetError, match="no longer matches the payload_sha256"):
+        load_prepared(path)
+    del payload["payload_sha256"]  # as prepared before files stored a hash
+    torch.save(payload, path)
+    assert load_prepared(path).x_test[0, 0, 0, 0] == mnist_small.x_test[0, 0, 0, 0] ^ 1
+
+
 def test_read_idx_rejects_bad_magic():
     with pytest.raises(DatasetError, match="magic"):
         read_idx(b"\x01\x02\x03\x04")

@@ -607,6 +607,8 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     tree = read_params(path)
     cli = apply_overrides({}, list(overrides or []))
     name = cli.get("experiment", tree.get("experiment", Config.experiment))
+    if not isinstance(name, str):  # checked before it is looked up in the catalogue
+        raise ConfigError(f"experiment: expected the name of a catalogue entry, got {name!r}")
     catalogue = catalogue_for(path)
     catalogue.entry(name)
     for other in catalogue.experiments():  # a typo in any entry fails at once, not hours later

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .hashing import file_digest
+
 
 class ParityError(RuntimeError):
     """onnxruntime and PyTorch disagree beyond the configured tolerance."""
@@ -28,6 +30,7 @@ class ParityReport:
     max_abs_diff_limit: float
     min_argmax_agreement: float
     passed: bool
+    onnx_sha256: str  # the file checked: register refuses any other
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +59,7 @@ def onnx_parity(module: nn.Module, onnx_path: Path, images: torch.Tensor, max_ab
     import onnxruntime as ort
 
     module = module.eval().float()
+    checked = file_digest(onnx_path)  # hashed before it is read, so the hash names the bytes checked
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst, agree = 0.0, 0
     for start in range(0, len(images), batch_size):
@@ -66,4 +70,4 @@ def onnx_parity(module: nn.Module, onnx_path: Path, images: torch.Tensor, max_ab
         agree += int((expected.argmax(1) == actual.argmax(1)).sum())
     agreement = agree / len(images)
     passed = worst <= max_abs_diff and agreement >= min_argmax_agreement
-    return ParityReport(len(images), worst, agreement, max_abs_diff, min_argmax_agreement, passed)
+    return ParityReport(len(images), worst, agreement, max_abs_diff, min_argmax_agreement, passed, checked)

@@ -1,10 +1,14 @@
-"""Reading and writing the JSON files stages meet in."""
+"""Reading and writing the JSON files stages meet in, and checking the SQLite stores beside them."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+SQLITE_PROBE_TIMEOUT_S = 5  # a store locked by a live writer longer than this is taken as healthy
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -18,3 +22,19 @@ def read_json(path: Path, produced_by: str) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `cnnlab {produced_by}` (or `dvc repro`) first")
     return json.loads(path.read_text())
+
+
+def sqlite_damage(path: Path) -> str:
+    """Why the SQLite file at ``path`` cannot be used ("" when it can, does not exist yet, or is
+    locked by a live writer): not a database, or pages ``PRAGMA quick_check`` finds broken (it
+    reads every page: milliseconds for a megabyte). SQLite keeps no checksums, so a changed value
+    inside a row still passes."""
+    if not path.exists():
+        return ""
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                     timeout=SQLITE_PROBE_TIMEOUT_S)) as db:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
+        return "" if "locked" in str(err) else str(err)
+    return "" if problems == ["ok"] else "; ".join(problems[:3])

@@ -27,6 +27,7 @@ import torch
 from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig
 from .data import PreparedData
 from .data.sampling import stratified_sample
+from .files import sqlite_damage
 from .lifecycle import FAILURE_TAG, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
@@ -118,12 +119,24 @@ def fit_budget(model_kwargs: dict[str, Any], search: SearchConfig) -> tuple[dict
         raise OverBudget(str(err)) from err
 
 
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be read; the message names the file and the fix."""
+
+
 def resolve_storage(url: str, search: SearchConfig):
-    """Optuna storage from a URL; RDB storages get heartbeats + retry of a dead worker's trial."""
+    """Optuna storage from a URL; RDB storages get heartbeats + retry of a dead worker's trial.
+    A SQLite file that is not a sound database is a StorageError before Optuna touches it."""
     if not url:
         folder = project_root() / ".optuna"
         folder.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{folder / 'optuna.db'}"
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        damage = sqlite_damage(path)
+        if damage:
+            raise StorageError(f"the Optuna storage {path} ({url}) is not a readable SQLite database ({damage}). "
+                               f"Fix: move it aside (`mv {path} {path}.corrupt`; its studies are lost) and rerun "
+                               "to start the study again, or set search.storage to another storage")
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -280,6 +293,9 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
     study = open_study(search, worker)
     enqueue_candidates(study, search)
     parent_run_id = ensure_parent_run(study, config)
+    # A killed worker's trial is failed (and re-queued) here, not only by `optimize`: with the
+    # study's trials all finished no `optimize` runs, and the trial would stay RUNNING for good.
+    optuna.storages.fail_stale_trials(study)
     remaining = search.n_trials - finished_trials(study)
     if remaining <= 0:
         log.info("study %s already has %d finished trials", search.study, finished_trials(study))

@@ -16,16 +16,16 @@ import http.client
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
 from .config import Config, flatten
+from .files import sqlite_damage
 from .lifecycle import FAILURE_TAG, describe_exit, heartbeat_tag, owner_died, owner_tags
 from .runtime import project_root
 
@@ -97,20 +97,13 @@ def _check_sqlite(uri: str, path: Path) -> None:
     if not path.parent.is_dir():
         raise TrackingStoreError(f"the MLflow store {uri} lies in {path.parent}, which does not exist. "
                                  f"Fix: create that folder, {LOCAL_STORE_FIX}")
-    if not path.exists():
-        return  # MLflow creates it
-    try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                                     timeout=STORE_PROBE_TIMEOUT_S)) as db:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
-        if "locked" in str(err):
-            return  # another process holds it for writing: a live store, not a corrupt one
+    damage = sqlite_damage(path)  # a missing file is fine: MLflow creates it
+    if damage:
         raise TrackingStoreError(
-            f"the MLflow store {path} ({uri}) is not a readable SQLite database ({err}). Fix: move it aside "
+            f"the MLflow store {path} ({uri}) is not a readable SQLite database ({damage}). Fix: move it aside "
             f"(`mv {path} {path}.corrupt`) or delete the local stores with `make clean-stores` (every run in "
             f"them is lost), then rerun; or set tracking.uri to another store"
-        ) from err
+        )
 
 
 def client_for(uri: str):

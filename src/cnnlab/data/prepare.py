@@ -12,9 +12,13 @@ from typing import Any
 
 import torch
 
-from ..hashing import tensor_digest
+from ..hashing import content_sha256, tensor_digest
 from .base import DatasetError, RawDataset
 from .sampling import stratified_split
+
+# The sha256 of everything else in the file, stored beside it at save time and checked on
+# every load: a flipped pixel byte still unpickles, and would train and score without a word.
+PAYLOAD_HASH = "payload_sha256"
 
 
 @dataclass
@@ -78,7 +82,8 @@ def prepared_path(prepared_dir: str | Path, name: str, image_size: int = 0) -> P
 
 def save_prepared(data: PreparedData, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(asdict(data), path)
+    payload = asdict(data)
+    torch.save({**payload, PAYLOAD_HASH: content_sha256(payload)}, path)
     return path
 
 
@@ -90,12 +95,20 @@ def require_prepared(path: str | Path) -> Path:
 
 
 def load_prepared(path: str | Path) -> PreparedData:
+    """The dataset ``save_prepared`` wrote, its hash verified (a file saved before prepared files
+    stored one loads unverified)."""
     path = require_prepared(path)
+    fix = "delete it and run `cnnlab prepare` again"
     try:
-        return PreparedData(**torch.load(path, weights_only=True))
+        payload = torch.load(path, weights_only=True)
+        stored = payload.pop(PAYLOAD_HASH, None)
+        data = PreparedData(**payload)
     except Exception as err:
-        raise DatasetError(f"{path} is not a readable prepared dataset ({err}); delete it and run "
-                           "`cnnlab prepare` again") from err
+        raise DatasetError(f"{path} is not a readable prepared dataset ({err}); {fix}") from err
+    if stored is not None and content_sha256(payload) != stored:
+        raise DatasetError(f"{path}: its content no longer matches the {PAYLOAD_HASH} stored when it was prepared; "
+                           f"the file is corrupt; {fix}")
+    return data
 
 
 def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, seed: int = 0) -> PreparedData:

@@ -22,6 +22,11 @@ def register(config: Config) -> dict[str, Any]:
     parity = read_json(files.parity, "export")
     if not parity.get("passed"):
         raise RuntimeError(f"{files.parity} records a failed ONNX parity check; refusing to register")
+    onnx_sha256 = file_digest(files.onnx)
+    if parity.get("onnx_sha256") != onnx_sha256:
+        raise RuntimeError(f"{files.onnx} is not the file whose parity was checked (sha256 {onnx_sha256}, "
+                           f"{files.parity} records {parity.get('onnx_sha256') or 'none'}); it changed or is "
+                           "corrupt: run `cnnlab export` again")
     evaluation = read_json(files.eval, "evaluate")
     tracker = reopen_run(config, files.run_info, "cnnlab register")
     model_uri = tracker.client.get_run(tracker.run_id).data.tags.get("model.uri")
@@ -31,7 +36,7 @@ def register(config: Config) -> dict[str, Any]:
     name = registered_name(config)
     record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
                             evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id,
-                                                          "onnx_sha256": file_digest(files.onnx)},
+                                                          "onnx_sha256": onnx_sha256},
                             load_checkpoint(files.best)["weights_sha256"])
     write_json(files.registered, record)
     moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
