@@ -310,7 +310,8 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
           reads=(*PREPARED_PATH, "analysis.tsne_seed")),
     Stage("compare", "stages.compare", "compare",
           "table of every experiment against the catalogue's reference figures",
-          reads=("data", "search.study")),  # data: where to look for a missing experiment's dataset
+          # data: where to look for a missing experiment's dataset; transfer: what each row ran
+          reads=("data", "search.study", "transfer")),
 )}
 
 
