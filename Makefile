@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install bench faults lint clean-stores
+.PHONY: demo test test-fast install browser bench bench-ddp faults lint clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,23 +27,48 @@ demo: install
 	@test -d .git || (git init -q && git add -A && git commit -qm "cnnlab")
 	dvc exp run --temp demo/dvc.yaml
 	@dvc exp show --no-pager --md --drop '.*' --keep '$(DEMO_METRICS)'
-	@echo "Next: mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db   |   dvc repro (full MNIST, E1)"
+	@echo "Next: mlflow ui   (http://127.0.0.1:5000, the runs in ./mlflow.db)   |   dvc repro (full MNIST, E1)"
 
-## test: the whole suite (slow tests included)
-test: install
-	$(BIN)/python -m pytest -q
+## browser: headless Chromium from Debian's packages for tests/test_mlflow_ui.py; says why when it
+## cannot install it (that test then skips, naming this target)
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif ! command -v apt-get >/dev/null; then echo "browser: no apt-get here; install Chromium yourself (the MLflow UI test skips without it)"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "browser: installing Chromium needs root: sudo apt-get install -y chromium chromium-driver (the MLflow UI test skips without it)"; \
+	else DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null) \
+	  || echo "browser: apt-get could not install chromium chromium-driver (offline?); the MLflow UI test skips"; fi
+
+## test: the whole suite (slow tests included) in TEST_WORKERS processes; the slowest tests listed at the end
+TEST_WORKERS ?= 2
+test: install browser
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+## bench: trainer vs a plain DataLoader loop (full MNIST from $$CNNLAB_DATASETS, else the embedded digits);
+## writes bench/train_throughput.json, then regenerates the docs' figures from it (cnnlab results)
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/cnnlab results
+
+## bench-ddp: 2 torchrun processes x 1 thread vs 1 process x 2 threads, training E1; writes
+## bench/ddp_throughput.json (README, "Training on several processes or GPUs"). Run it on an idle machine.
+bench-ddp: install
+	$(BIN)/python bench/ddp_throughput.py --repeats 5 --out bench/ddp_throughput.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")
 faults: install
 	$(BIN)/python bench/faults.py --faults 14 --seed 0 --out bench/faults.json
 
-## clean-stores: delete the local MLflow store and Optuna storage (irreversible)
+## server: the shared MLflow tracking server on PostgreSQL (params.yaml `server:`; README, "A shared
+## tracking server"); settings as for any command: make server ARGS="-S server.port=5001"
+server: install
+	$(BIN)/cnnlab server $(ARGS)
+
+## clean-stores: delete the local MLflow store (mlflow.db, its artifacts in mlartifacts/, and the
+## store before it moved, .mlflow/) and Optuna storage (irreversible)
 clean-stores:
-	rm -rf .mlflow .optuna
+	rm -rf mlflow.db mlflow.db.register.lock mlartifacts .mlflow .optuna

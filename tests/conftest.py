@@ -7,9 +7,13 @@ Real data comes from the directory named by $CNNLAB_DATASETS (CI points it at
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnlab.builder import build_model
 from cnnlab.config import load_config
@@ -50,6 +54,23 @@ def mnist_small(mnist_raw):
     return prepare(mnist_raw, val_fraction=0.1, seed=0, train_subset=3000)
 
 
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_stay_in_their_test():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` also export $MLFLOW_TRACKING_URI and
+    $MLFLOW_REGISTRY_URI for subprocesses: without this, the store one test chose in-process
+    leaks into every later test's subprocesses (a registry lookup then goes to the wrong store)."""
+    before = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One SQLite MLflow store for the session (creating one runs migrations: seconds)."""
@@ -83,3 +104,78 @@ def trained(tmp_path_factory, mnist_small, tracking_uri):
 def fit_run(config, data, listener=None):
     """Build the run's network and fit it, as the train stage does."""
     return fit(config, data, build_model(config, data), listener)
+
+
+def run(cmd, cwd, env, timeout=900) -> str:
+    """Run a command (dvc, git, cnnlab) and return its stdout + stderr; fail the test, with the
+    output's tail, when it fails."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def dvc_project_copy(repo: Path, tracking_uri: str, datasets_dir: Path | None, experiment: str,
+                     **sections: dict) -> dict[str, str]:
+    """A git + DVC copy of the project at ``repo`` (its dvc.yaml, catalogue, committed .dvc/config
+    and code; one commit) whose params.yaml trains E1 for one epoch on 2,000 digits: of MNIST in
+    ``datasets_dir``, or of the 5,000 embedded ones when it is None. ``sections`` update params.yaml's
+    sections (``tracking={"log_model": False}``). Returns the environment its commands run in."""
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", "catalogue.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(PROJECT_ROOT / name, repo / name)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=1, progress=False)
+    params["data"].update(train_subset=2000, download=False)
+    params["analysis"]["tsne_points"] = 300
+    params["tracking"]["experiment"] = experiment
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(PROJECT_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    env = {key: value for key, value in os.environ.items() if key != DATASETS_ENV}
+    env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONPATH": str(repo / "src"),  # the stages run this copy's code, edits included
+                "MLFLOW_TRACKING_URI": tracking_uri,
+                "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    if datasets_dir is not None:
+        env[DATASETS_ENV] = str(datasets_dir)
+    run(["git", "init", "-q"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    shutil.copy(PROJECT_ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the default remote, as committed
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "init"], repo, env)
+    return env
+
+
+@pytest.fixture
+def project(tmp_path, datasets_dir, tracking_uri):
+    """A git + DVC copy of the project whose params.yaml trains E1 for one epoch on 2,000 MNIST digits."""
+    repo = tmp_path / "project"
+    return repo, dvc_project_copy(repo, tracking_uri, datasets_dir, f"dvc-test-{tmp_path.name}")
+
+
+S3_BUCKET = "cnnlab-test"
+# Dummy credentials in the environment, as a real user's would be: never in a committed file.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on a free loopback port, with one empty bucket (S3_BUCKET); its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    s3_client(url).create_bucket(Bucket=S3_BUCKET)
+    yield url
+    server.stop()
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name=S3_ENV["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])

@@ -1,12 +1,15 @@
-"""Run one stage while recording which settings it reads and which cnnlab modules it imports.
+"""Run stages while recording which settings each reads and which cnnlab modules it imports.
 
-    python -m tests.stage_probe STAGE OUT.json --params params.yaml -S key=value ...
+    python -m tests.stage_probe PLAN.json    # [{"stage", "out", "params", "group", "overrides"}, ...]
 
 Every config dataclass records the fields read on it, under its place in the config tree
 (``TrainConfig.lr`` -> ``train.lr``). Copying a whole section (``dataclasses.replace``, ``asdict``
 for a saved config.yaml or MLflow params) and building configs (``load_config``) are not reads
-of a result-changing setting, so they are not recorded. Run in a fresh process, so that the
-modules in ``sys.modules`` afterwards are the ones the stage needed.
+of a result-changing setting, so they are not recorded. The stages run in order, each in a
+child forked from one process that imported the third-party libraries first (torch, MLflow, ...;
+no cnnlab module beyond this probe's own): each child starts with no stage's cnnlab modules, so
+the modules in its ``sys.modules`` afterwards are the ones its stage needed, and the seconds of
+importing are paid once, not once per stage.
 """
 
 from __future__ import annotations
@@ -62,29 +65,66 @@ def install_tracer(reads: set[str]) -> None:
         setattr(config_module, name, quietly(getattr(config_module, name)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("stage")
-    parser.add_argument("out")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--group", default="")
-    parser.add_argument("-S", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
-    config = load_config(args.params, args.overrides)
-    spec = stage(args.stage)
+# Imported before forking: third-party only, so no cnnlab module is imported ahead of a stage.
+HEAVY_LIBRARIES = ("numpy", "torch", "torchvision", "mlflow", "optuna", "sklearn", "matplotlib.pyplot", "onnx",
+                   "onnxruntime", "openTSNE", "yaml", "sqlalchemy")
+
+
+def probe(stage_name: str, out: str, params: str, group: str, overrides: list[str]) -> None:
+    config = load_config(params, overrides)
+    spec = stage(stage_name)
     module = __import__(f"cnnlab.{spec.module}", fromlist=[spec.function])
     function = getattr(module, spec.function)
     reads: set[str] = set()
     install_tracer(reads)
-    if args.stage == "separability":
-        function(config, args.group, args.params)
-    elif args.stage == "compare":
-        function(config, 0.005, args.params, args.overrides)
+    if stage_name == "separability":
+        function(config, group, params)
+    elif stage_name == "compare":
+        function(config, 0.005, params, overrides)
     else:
         function(config)
     modules = sorted(m for m in sys.modules if m == "cnnlab" or m.startswith("cnnlab."))
-    with open(args.out, "w") as out:
-        json.dump({"reads": sorted(reads), "modules": modules}, out)
+    with open(out, "w") as handle:
+        json.dump({"reads": sorted(reads), "modules": modules}, handle)
+
+
+def run_plan(plan: list[dict]) -> int:
+    """Each stage in a forked child, in order; stops at the first that fails (its exit status)."""
+    import importlib
+    import os
+
+    for name in HEAVY_LIBRARIES:
+        importlib.import_module(name)
+    for step in plan:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                probe(step["stage"], step["out"], step["params"], step.get("group", ""), step["overrides"])
+                status = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code != 0:
+            print(f"stage_probe: {step['stage']} failed (exit {code})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("plan")
+    with open(parser.parse_args().plan) as handle:
+        sys.exit(run_plan(json.load(handle)))
 
 
 if __name__ == "__main__":

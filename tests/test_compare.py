@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.compare import Row, experiment_row, format_markdown, mean_interval, verdict
+from cnnlab.compare import Row, experiment_row, format_freeze_sweep, format_markdown, mean_interval, verdict
 from cnnlab.config import catalogue_for, load_config
 
 from .conftest import PROJECT_ROOT
@@ -162,3 +162,17 @@ def test_a_search_row_reports_its_retrained_winner(tmp_path):
     row = experiment_row(config, reference, 0.005, lambda _: "")
     assert (row.mean, row.std, row.runs, row.parameters) == (pytest.approx(0.9), pytest.approx(0.002), 3, 149_000)
     assert "search winner retrained" in row.note and row.proxy and row.verdict == "proxy: no verdict"
+
+
+def test_a_few_shot_row_and_its_freeze_sweep_say_how_many_labels_trained_and_chose(tmp_path):
+    few_shot = {"best_val_accuracy": 1.0, "wall_seconds": 5.0, "epochs": 30, "transfer_policy": "scratch",
+                "labelled_budget": 100, "train_images": 80, "val_images": 20}
+    row = _row(tmp_path, {"test_accuracy": 0.69, "dataset": "svhn"}, "e6_scratch",
+               eval={"test_accuracy": 0.98, "parameters": 1000}, train_metrics=few_shot)
+    assert row.what_ran == "30 epochs; from scratch; 100 labelled images (80 train + 20 validation)"
+    run = {"trainable_parameters": 10, "best_val_accuracy": 0.9, "test_accuracy": 0.99, "wall_seconds": 3.0}
+    sweep = {"experiment": "e6_finetune", "layers": 8, "best_k": 5, "train_samples": 80, "val_samples": 20,
+             "runs": [{**run, "freeze_k": 0}, {**run, "freeze_k": 5, "best_val_accuracy": 0.95}], "scratch": run}
+    table = format_freeze_sweep(sweep)
+    assert "80 training + 20 validation labelled images" in table and "k = 5 chosen on validation" in table
+    assert "| 5 (chosen) | 10 | 95.00 | 99.00 | 3 |" in table and "| from scratch |" in table

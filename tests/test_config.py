@@ -85,7 +85,7 @@ def test_a_run_saves_its_own_settings_only(tmp_path):
     saved = yaml.safe_load(save_config(config, tmp_path / "config.yaml").read_text())
     assert set(saved) == {f.name for f in dataclasses.fields(Config)}
     assert not {"experiments", "bases", "reference", "transfer_experiments"} & set(flatten(saved))
-    assert len(yaml.safe_dump(saved).splitlines()) < 140  # was 369 lines with the whole catalogue
+    assert len(yaml.safe_dump(saved).splitlines()) < 200  # was 369 with the whole catalogue; server: and the recipe search space add ~35
 
 
 def test_code_defaults_equal_params_yaml():
@@ -145,7 +145,7 @@ def test_reference_and_bases_are_not_runs():
 
 
 def test_unknown_experiment_lists_defined_ones():
-    with pytest.raises(ConfigError, match="defined: e1_mnist_simple_cnn, e1_resume, e2_cifar10_alexnet"):
+    with pytest.raises(ConfigError, match="defined: e1_mnist_simple_cnn, e1_resume, e1_fast, e2_cifar10_alexnet"):
         load_config(PROJECT_ROOT / "params.yaml", ["experiment=e9"])
 
 

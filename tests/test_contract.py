@@ -66,7 +66,7 @@ def covered_by_code(path: str, code: set[str]) -> bool:
 
 # Every stage, in an order where each finds what it reads; overrides shrink it to seconds.
 PROBES = ("prepare", "train", "evaluate", "analyze", "report", "export", "register", "seeds", "freeze_sweep",
-          "search", "search_report", "retrain_best", "separability", "compare")
+          "search", "search_report", "retrain_best", "search_compare", "separability", "compare")
 
 
 @pytest.mark.slow
@@ -82,22 +82,23 @@ def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, datasets_
         "data.train_subset=600", "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
         f"tracking.experiment=probe-{tmp_path.name}", "analysis.tsne_points=200", "seeds=[0, 1]",
         f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=probe-{tmp_path.name}",
-        "search.n_trials=1", "search.trial_epochs=1", "search.trial_train_subset=300",
+        "search.n_trials=1", "search.trial_epochs=1", "search.trial_train_subset=300", "search.epoch_budget=1",
         "search.space.stages=[2, 2]", "search.space.widths=[8]", "search.space.block_styles=[plain]",
         f"transfer.init_from={tmp_path / 'models' / 'e1_mnist_simple_cnn' / 'best.pt'}", "transfer.sweep_k=[0, 1]",
     ]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    # freeze_sweep alone fine-tunes from a checkpoint: the others train from scratch
+    plan = [{"stage": name, "out": str(tmp_path / f"{name}.json"), "params": str(params), "group": "probe",
+             "overrides": [a for a in overrides if name == "freeze_sweep" or not a.startswith("transfer.")]}
+            for name in PROBES]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    result = subprocess.run([sys.executable, "-m", "tests.stage_probe", str(tmp_path / "plan.json")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, f"a stage failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     problems = []
     for name in PROBES:
         spec = stage(name)
-        out = tmp_path / f"{name}.json"
-        # freeze_sweep alone fine-tunes from a checkpoint: the others train from scratch
-        args = [a for a in overrides if name == "freeze_sweep" or not a.startswith("transfer.")]
-        command = [sys.executable, "-m", "tests.stage_probe", name, str(out), "--params", str(params),
-                   "--group", "probe", *[item for a in args for item in ("-S", a)]]
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-        probe = json.loads(out.read_text())
+        probe = json.loads((tmp_path / f"{name}.json").read_text())
         undeclared_reads = [key for key in probe["reads"] if not spec.covers(key)]
         code = declared_code(spec)
         undeclared_modules = [m for m in probe["modules"] if not covered_by_code(module_path(m), code)]

@@ -14,8 +14,7 @@ from cnnlab.config import ConfigError, load_config, split_overrides
 from cnnlab.contract import PIPELINE
 from cnnlab.dvc_guard import refuse_uncached_writes
 
-from .conftest import PROJECT_ROOT
-from .test_dvc_pipeline import project, run  # noqa: F401  (the git + DVC copy of the project)
+from .conftest import PROJECT_ROOT, run
 
 PROJECT_FILES = ("params.yaml", "catalogue.yaml", "dvc.yaml", "experiments/dvc.yaml", "demo/dvc.yaml")
 RUN_FIX = "give this run its own name with `-S run=<name>`"
@@ -96,7 +95,7 @@ def md5(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_issue_sequence_loses_nothing(project):  # noqa: F811
+def test_the_issue_sequence_loses_nothing(project):
     """Issue 13: `cnnlab prepare` + `cnnlab train`, then a failing `dvc exp run`, lost the model
     and the prepared data. Now the direct commands refuse, `dvc repro` caches, and whatever a
     failing experiment deletes comes back with `dvc checkout`."""

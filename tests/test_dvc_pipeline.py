@@ -3,49 +3,13 @@ training reads, changed through DVC, retrains and changes the recorded metrics; 
 edit of code training runs."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import PROJECT_ROOT
+from .conftest import run
 
 E1 = "outputs/e1_mnist_simple_cnn"
-
-
-def run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
-@pytest.fixture
-def project(tmp_path, datasets_dir, tracking_uri):
-    """A git + DVC copy of the project whose params.yaml trains E1 for one epoch on 2,000 digits."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in ("dvc.yaml", "catalogue.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(PROJECT_ROOT / name, repo / name)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    params["train"].update(epochs=1, progress=False)
-    params["data"].update(train_subset=2000, download=False)
-    params["analysis"]["tsne_points"] = 300
-    params["tracking"]["experiment"] = f"dvc-test-{tmp_path.name}"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copytree(PROJECT_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo / "src"),  # the stages run this copy's code, edits included
-           "MLFLOW_TRACKING_URI": tracking_uri, "CNNLAB_DATASETS": str(datasets_dir),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run(["git", "init", "-q"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "init"], repo, env)
-    return repo, env
 
 
 def recorded(repo: Path) -> tuple[float, float]:

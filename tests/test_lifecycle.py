@@ -81,7 +81,7 @@ def test_sigterm_ends_the_run_killed_and_one_command_resumes_it(train_args, clie
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
 
-    assert process.returncode == 143
+    assert process.returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr
     assert re.search(r"^interrupted at epoch [23] of 3 .*; resume with `cnnlab train .*"
                      r"-S train.resume_from=\S+/last.pt -S train.epochs=3`$", stderr, re.MULTILINE), stderr
@@ -108,7 +108,7 @@ def test_sigint_prints_one_line_without_a_traceback(train_args, client):
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
 
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     resume_command(stderr)
     (run,) = runs_named(client, experiment_of(train_args))

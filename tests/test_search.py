@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 from mlflow import MlflowClient
 
@@ -256,3 +258,156 @@ def test_optuna_dashboard_reads_the_study_storage(search_config, mnist_small):
     assert status.startswith("200")
     assert [t["number"] for t in study["trials"]] == [t.number for t in trials_of(config)]
     assert all(t["state"] == "Complete" and t["values"] for t in study["trials"])
+
+
+def test_importances_explain_high_accuracy_not_low():
+    """Accuracy is high only when `x` falls in a narrow window; `noise` does nothing. Explaining
+    the best trials ranks `x` first; explaining the worst (PED-ANOVA given the accuracy itself,
+    Optuna's default) would not."""
+    import optuna
+
+    from cnnlab.search import param_importances
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    rng = np.random.default_rng(0)
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        trial.suggest_float("noise", 0, 1)  # searched, but the accuracy ignores it
+        return (0.9 if 0.45 < x < 0.55 else 0.5) + 0.01 * rng.random()
+
+    study.optimize(objective, n_trials=200)
+    importances = param_importances(study)
+    assert importances["x"] > 0.8 > importances["noise"]
+    wrong_way = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: t.values[0])
+    assert wrong_way["x"] < importances["x"]
+
+
+def test_hyperband_cuts_trials_at_epoch_rungs():
+    """Epochs are the resource: with min 2, max 12 and factor 3, a trial is cut only after epoch
+    2 or 6 (the rungs below 12), and the best trials run all 12."""
+    from cnnlab.config import SearchConfig
+    from cnnlab.search import make_pruner
+
+    search = SearchConfig(pruner="hyperband", trial_epochs=12, min_trial_epochs=2, reduction_factor=3)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(search),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        quality = trial.suggest_float("quality", 0, 1)
+        for epoch in range(1, search.trial_epochs + 1):
+            trial.report(quality * epoch / search.trial_epochs, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return quality
+
+    study.optimize(objective, n_trials=60)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert pruned and {t.last_step for t in pruned} <= {2, 6}
+    assert all(t.last_step == 12 for t in complete)
+    best_pruned = max(t.params["quality"] for t in pruned)
+    assert max(t.params["quality"] for t in complete) > best_pruned * 0.9  # the good ones went on
+
+
+def test_the_epoch_budget_stops_the_study_and_trials_use_the_whole_split(search_config, mnist_small):
+    from cnnlab.search import EPOCHS_ATTR, Objective, epochs_spent
+
+    config = search_config("search.trial_train_subset=0", "search.trial_epochs=2", "search.epoch_budget=5",
+                           "search.n_trials=50", "search.pruner=none")
+    assert len(Objective(config, mnist_small, "").data.y_train) == len(mnist_small.y_train)
+    study = run_search(config, mnist_small)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.user_attrs[EPOCHS_ATTR] for t in trials] == [2, 2, 1]  # each counted what it trained
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert "epoch budget (5) is spent" in trials[2].user_attrs["reason"]  # stopped mid-trial, not run over
+    assert epochs_spent(study) == 5
+    run_search(config, mnist_small)  # resumed with the budget spent: nothing more
+    assert len(study.get_trials(deepcopy=False)) == 3
+
+
+def test_the_recipe_is_searched_and_a_random_sampler_can_be_chosen(search_config, mnist_small, tracking_uri):
+    config = search_config("search.sampler=random", "search.n_trials=1", "search.space.mixup_alphas=[0.2]",
+                           "search.space.cutouts=[4]", "search.space.ema_decays=[0.9]",
+                           "search.space.schedulers=[cosine]", "search.space.weight_decay=[0.0001, 0.0002]",
+                           "search.space.label_smoothing=[0.05, 0.1]")
+    study = run_search(config, mnist_small)
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    (trial,) = study.get_trials(deepcopy=False)
+    training = trial.user_attrs["training"]
+    assert training["mixup_alpha"] == 0.2 and training["ema_decay"] == 0.9 and training["scheduler"] == "cosine"
+    assert training["augment"] == {"cutout": 4} and 0.0001 <= training["weight_decay"] <= 0.0002
+    params = MlflowClient(tracking_uri=tracking_uri).get_run(trial.user_attrs["mlflow_run_id"]).data.params
+    assert (params["train.mixup_alpha"], params["train.augment.cutout"], params["train.scheduler"]) == (
+        "0.2", "4", "cosine")  # the trial trained with it
+
+
+def test_the_winner_is_retrained_with_its_recipe_and_the_entry_s_augmentation(search_config):
+    from cnnlab.stages.search import winner_config
+
+    config = search_config("train.augment.crop_padding=4", "train.epochs=30", "train.tta=hflip")
+    best = {"model_kwargs": {"widths": [8, 16]}, "training": {
+        "optimizer": "adamw", "lr": 0.002, "batch_size": 256, "weight_decay": 0.0003, "label_smoothing": 0.05,
+        "mixup_alpha": 0.2, "ema_decay": 0.999, "scheduler": "cosine", "augment": {"cutout": 8}}}
+    train = winner_config(config, best).train
+    assert (train.optimizer, train.lr, train.weight_decay, train.mixup_alpha, train.ema_decay, train.scheduler) == (
+        "adamw", 0.002, 0.0003, 0.2, 0.999, "cosine")
+    assert (train.augment.cutout, train.augment.crop_padding, train.epochs, train.tta) == (8, 4, 30, "hflip")
+
+
+def test_an_enqueued_candidate_is_never_the_search_s_find():
+    """The enqueued hand-designed candidate is the baseline: even when it scores best, the winner
+    is the best trial the sampler proposed."""
+    from cnnlab.search import best_trials
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"x": 0.5})
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for key, value in (("parameters", 100), ("model_kwargs", {}), ("training", {})):
+            trial.set_user_attr(key, value)
+        return 1.0 if trial.number == 0 else x / 2
+
+    study.optimize(objective, n_trials=5)
+    (best,) = best_trials(study)
+    assert best["number"] != 0 and best["val_accuracy"] == max(t.value for t in study.trials[1:])
+
+
+@pytest.mark.slow
+def test_search_compare_runs_random_search_at_the_same_budget_and_the_hand_designed_model(
+        search_config, mnist_small, tmp_path, tracking_uri, capsys):
+    from cnnlab.cli import main
+
+    save_prepared(mnist_small, tmp_path / "prepared" / "mnist.pt")
+    config = search_config()
+    args = ["--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={config.models_dir}",
+            f"outputs_dir={config.outputs_dir}", f"tracking.uri={tracking_uri}",
+            f"tracking.experiment={config.tracking.experiment}", f"search.storage={config.search.storage}",
+            f"search.study={config.search.study}", "search.trial_epochs=1", "search.trial_train_subset=600",
+            "search.n_trials=20", "search.epoch_budget=2", "search.enqueue=[]", *TINY_SPACE,
+            f"data.prepared_dir={tmp_path / 'prepared'}", "seeds=[0, 1]", "train.epochs=1", "train.progress=false",
+            "data.train_subset=600", "model.name=search_cnn", "model.kwargs={widths: [8, 16]}", "run=hand"]
+    for command in ("search", "retrain-best", "search-compare"):
+        assert main([command, *args]) == 0, command
+    study = config.search.study
+    comparison = json.loads((tmp_path / "outputs" / study / "search_comparison.json").read_text())
+    assert [a["arm"] for a in comparison["arms"]] == ["tpe", "random", "hand-designed"]
+    tpe, random_arm, hand = comparison["arms"]
+    assert random_arm["study"] == f"{study}_random" and random_arm["epochs_spent"] >= 2 == comparison["epoch_budget"]
+    assert tpe["epochs_spent"] >= 2 and tpe["retrained"]["seeds"] == random_arm["retrained"]["seeds"] == [0, 1]
+    assert hand["model_kwargs"] == {"widths": [8, 16]}
+    for arm in (tpe, random_arm):
+        gain = 100 * (arm["retrained"]["test_accuracy_mean"] - hand["retrained"]["test_accuracy_mean"])
+        assert comparison["gain_over_hand_designed_pp"][arm["arm"]] == pytest.approx(gain)
+        assert arm["winner"]["parameters"] <= comparison["param_budget"]
+    assert (tmp_path / "outputs" / f"{study}_baseline" / "seeds.json").exists()
+    assert (tmp_path / "outputs" / study / "search_comparison.png").stat().st_size > 10_000
+    parent = json.loads((tmp_path / "outputs" / study / "search.json").read_text())["mlflow_parent_run_id"]
+    logged = MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent, "search_comparison")
+    assert sorted(a.path for a in logged) == ["search_comparison/search_comparison.json",
+                                             "search_comparison/search_comparison.png"]
+    assert "| hand-designed |" in capsys.readouterr().out
+    assert main(["search-compare", *args, "-S", "search.epoch_budget=0"]) == 2
+    assert "set search.epoch_budget" in capsys.readouterr().err

@@ -68,8 +68,10 @@ def study_name(storage_url):
 
 
 def prepared(tmp_path, datasets_dir):
+    # outputs_dir too: the stage's timings.json must not land in the project's own outputs/
     args = [sys.executable, "-m", "cnnlab.cli", "prepare", "--params", str(PROJECT_ROOT / "params.yaml"),
-            "-S", f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}"]
+            "-S", f"data.prepared_dir={tmp_path / 'prepared'}", "-S", f"data.datasets_dir={datasets_dir}",
+            "-S", f"outputs_dir={tmp_path / 'outputs'}"]
     subprocess.run(args, check=True, capture_output=True)
 
 
@@ -132,3 +134,50 @@ def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, 
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert retried and retried[0].params == killed.params  # re-queued with the same parameters
     assert retried[0].state.name == "COMPLETE"
+
+
+def running_trials(study: str, storage) -> list:
+    try:
+        return optuna.load_study(study_name=study, storage=storage).get_trials(
+            states=(optuna.trial.TrialState.RUNNING,))
+    except KeyError:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp_path, tracking_uri, datasets_dir):
+    """What DVC or a job scheduler sends reaches the coordinator alone: it stops both workers,
+    whose trials end (FAIL in the study, KILLED in MLflow), then exits 143; nothing runs on."""
+    import psutil
+    from mlflow import MlflowClient
+
+    prepared(tmp_path, datasets_dir)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = f"stopped-{uuid.uuid4().hex[:8]}"  # the MLflow store is shared with other tests
+    coordinator = worker(tmp_path, study, storage, tracking_uri, 50, datasets_dir, "search.workers=2",
+                         "search.trial_train_subset=3000", "search.trial_epochs=30")
+    deadline = time.time() + 180
+    while len(running_trials(study, storage)) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(running_trials(study, storage)) == 2, "the two workers never both ran a trial"
+    workers = psutil.Process(coordinator.pid).children(recursive=True)
+    coordinator.send_signal(signal.SIGTERM)
+    output = coordinator.communicate(timeout=180)[0]
+
+    assert coordinator.returncode == 143, output
+    assert "Traceback" not in output
+    gone, alive = psutil.wait_procs(workers, timeout=10)  # multiprocessing's resource tracker exits after it
+    assert not [" ".join(p.cmdline()) for p in alive]
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("search-workers")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{study}'")
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    interrupted = [t for t in trials if t.state.name == "FAIL"]
+    assert interrupted, "no trial was stopped mid-way"  # 30-epoch trials: SIGTERM lands inside one
+    for trial in interrupted:  # its run ends KILLED with the reason
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert (run.info.status, run.data.tags["cnnlab.failure"]) == ("KILLED", "interrupted by SIGTERM")
+    (parent,) = [r for r in runs if r.data.tags.get("cnnlab.role") == "search-parent"]
+    assert parent.info.status == "KILLED"

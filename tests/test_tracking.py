@@ -5,15 +5,16 @@ import multiprocessing
 import os
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from cnnlab.checkpoint import inference_model, load_checkpoint
 from cnnlab.config import load_config
 from cnnlab.export import export_onnx
 from cnnlab.hashing import file_digest
+from cnnlab.stages.train import log_model
 from cnnlab.tracking import RunTracker, register_model, registry_lock
 
 
@@ -29,9 +30,7 @@ def registrable(tiny_config, trained, mnist_small, tmp_path):
     module = inference_model(payload)
     onnx_path = export_onnx(module, (1, 28, 28), tmp_path / "model.onnx")
     tracker = RunTracker(tiny_config)
-    example = mnist_small.x_val[:4].float() / 255.0
-    with torch.no_grad():
-        model_uri = tracker.log_pytorch_model(module, example.numpy(), module(example).numpy())
+    model_uri = log_model(tracker, trained.best_path, mnist_small)
     return {"config": tiny_config, "run_id": tracker.run_id, "model_uri": model_uri,
             "weights_sha256": payload["weights_sha256"], "onnx_sha256": file_digest(onnx_path),
             "name": f"reg-{uuid.uuid4().hex[:8]}"}
@@ -39,7 +38,7 @@ def registrable(tiny_config, trained, mnist_small, tmp_path):
 
 def register(case: dict, score: float = 0.9) -> dict:
     tracker = RunTracker(case["config"], run_id=case["run_id"])
-    return register_model(tracker, case["model_uri"], case["name"], "champion", "test_accuracy", score,
+    return register_model(tracker, case["model_uri"], case["name"], "champion", "best_val_accuracy", score,
                           {"run_id": case["run_id"], "onnx_sha256": case["onnx_sha256"]}, case["weights_sha256"])
 
 
@@ -70,11 +69,40 @@ def test_registering_a_run_twice_gives_one_version_with_both_hashes(registrable)
     assert len(registrable["weights_sha256"]) == len(registrable["onnx_sha256"]) == 64
 
 
+def test_the_champion_loads_as_pyfunc_and_predicts_class_probabilities(registrable, mnist_small):
+    """Nothing pickled: the version is best.pt plus pyfunc_model.py; float32 N x C x H x W in
+    [0, 1] in, float32 N x classes probabilities out, as `mlflow models serve` passes them on."""
+    import mlflow
+
+    register(registrable)
+    uri = registrable["config"].tracking.uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model_uri = f"models:/{registrable['name']}@champion"
+    stored = Path(mlflow.artifacts.download_artifacts(model_uri))
+    assert not list(stored.rglob("*.pkl")) and (stored / "artifacts" / "best.pt").exists()
+    model = mlflow.pyfunc.load_model(model_uri)
+    images = (mnist_small.x_test[:8].float() / 255.0).numpy()
+    probabilities = model.predict(images)
+    assert probabilities.shape == (8, len(mnist_small.classes)) and probabilities.dtype == "float32"
+    assert abs(probabilities.sum(axis=1) - 1).max() < 1e-5 and (probabilities >= 0).all()
+    with pytest.raises(Exception, match="shape"):
+        model.predict(images[:, :, :10, :10])
+
+
 def test_other_weights_in_the_same_run_are_a_new_version(registrable):
     register(registrable)
     changed = register({**registrable, "weights_sha256": "0" * 64}, score=0.8)
     assert changed["created"] is True and changed["version"] == 2
     assert changed["alias_moved"] is False and changed["previous_alias_version"] == 1
+
+
+def test_the_alias_is_never_chosen_on_test_accuracy(registrable):
+    tracker = RunTracker(registrable["config"], run_id=registrable["run_id"])
+    with pytest.raises(ValueError, match="validation metrics only"):
+        register_model(tracker, registrable["model_uri"], registrable["name"], "champion", "test_accuracy", 0.99,
+                       {}, registrable["weights_sha256"])
+    assert versions(registrable) == []  # refused before anything was registered
 
 
 def test_concurrent_registers_of_one_run_give_one_version(registrable):
@@ -118,3 +146,39 @@ def test_registry_lock_excludes_a_second_holder(lockable_uri):
         assert not entered.wait(1.0)  # blocked while the first holds the lock
     assert entered.wait(10.0)  # and gets it once released
     thread.join()
+
+
+class FlakyStore:
+    """``set_terminated`` fails ``failures`` times, as a store whose write was cut short by the
+    interruption can, then goes through to the real client."""
+
+    def __init__(self, client, failures: int):
+        self.client, self.failures = client, failures
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def set_terminated(self, run_id, status):
+        if self.failures:
+            self.failures -= 1
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return self.client.set_terminated(run_id, status=status)
+
+
+@pytest.mark.parametrize("failures, status", [(1, "KILLED"), (5, "RUNNING")])
+def test_an_interrupted_run_is_ended_despite_a_store_hiccup_and_the_interruption_stays(
+        tiny_config, tracking_uri, monkeypatch, caplog, failures, status):
+    import cnnlab.tracking as tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    tracker = RunTracker(tiny_config, run_name="interrupted")
+    tracker.client = FlakyStore(tracker.client, failures)
+    with pytest.raises(KeyboardInterrupt):  # never the store's error: the command exits 130, no traceback
+        with tracker.running():
+            raise KeyboardInterrupt
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(tracker.run_id)
+    assert run.info.status == status and run.data.tags["cnnlab.failure"] == "interrupted by SIGINT"
+    if status == "RUNNING":  # given up: a warning names the run; the next command marks it FAILED
+        assert f"could not end MLflow run {tracker.run_id}" in caplog.text

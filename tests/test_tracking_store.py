@@ -16,7 +16,7 @@ from cnnlab.tracking import TrackingStoreError, check_store
 
 from .conftest import PROJECT_ROOT
 
-SERVER_FIX = "mlflow server --host 127.0.0.1 --port 5000"
+SERVER_FIX = "`cnnlab server`"
 LOCAL_FIX = "leave tracking.uri"
 
 
@@ -120,3 +120,27 @@ def test_train_against_a_corrupt_sqlite_store_exits_2(prepared_overrides, tmp_pa
     assert "Traceback" not in err and "cnnlab train: error: the MLflow store" in err
     assert str(db) in err and "make clean-stores" in err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*"))
+
+
+def test_default_store_is_mlflow_db_in_the_project_root_with_artifacts_beside_it(tmp_path, monkeypatch, caplog):
+    """MLflow's own default, so plain `mlflow ui` there finds it; a store left in .mlflow/ is named
+    with the setting that keeps using it, never silently replaced by an empty one."""
+    from mlflow import MlflowClient
+
+    from cnnlab.tracking import ensure_experiment, resolve_tracking_uri
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    work = tmp_path / "outputs"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a stage running below the root still finds it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri("")
+    assert uri == f"sqlite:///{tmp_path / 'mlflow.db'}" and ".mlflow" not in caplog.text
+    experiment = MlflowClient(uri).get_experiment(ensure_experiment(MlflowClient(uri), "team/cnnlab", uri))
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "team_cnnlab").as_uri()
+
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "mlflow.db").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="cnnlab.tracking"):
+        assert resolve_tracking_uri("") == uri
+    assert f"-S tracking.uri=sqlite:///{tmp_path / '.mlflow' / 'mlflow.db'}" in caplog.text

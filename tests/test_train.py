@@ -8,7 +8,9 @@ import torch
 from cnnlab.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from cnnlab.config import AugmentConfig, HardBatchMiningConfig
 from cnnlab import runtime
-from cnnlab.train import TrainingDiverged, augment_batch, make_optimizer
+from cnnlab.ema import WeightAverage
+from cnnlab.tensor_augment import augment_batch, cutout, mix_batch
+from cnnlab.train import TrainingDiverged, make_optimizer
 from cnnlab.models import create_model
 
 from .conftest import fit_run
@@ -58,9 +60,11 @@ class StopAfter:
 
 
 def test_interrupted_then_resumed_run_ends_bit_identical(tiny_config, mnist_small, tmp_path):
-    """Dropout (global RNG), crop/flip (data generator), a cosine schedule and hard-batch mining
-    all carry state across epochs: resuming must restore every one of them."""
-    config = with_train(tiny_config, epochs=3, scheduler="cosine", augment=AugmentConfig(crop_padding=2, hflip=True),
+    """Dropout (global RNG), crop/flip/cutout/mixup (data generator), a cosine schedule, the
+    weight average and hard-batch mining all carry state across epochs: resuming must restore
+    every one of them."""
+    config = with_train(tiny_config, epochs=3, scheduler="cosine", mixup_alpha=0.2, ema_decay=0.9,
+                        augment=AugmentConfig(crop_padding=2, hflip=True, cutout=8),
                         hard_batch_mining=HardBatchMiningConfig(start_epoch=2, fraction=0.1))
     whole = fit_run(dataclasses.replace(config, models_dir=str(tmp_path / "whole")), mnist_small)
     interrupted = dataclasses.replace(config, models_dir=str(tmp_path / "interrupted"))
@@ -76,6 +80,8 @@ def test_interrupted_then_resumed_run_ends_bit_identical(tiny_config, mnist_smal
         assert expected["epoch"] == actual["epoch"]
         assert expected["state_dict"].keys() == actual["state_dict"].keys()
         assert all(torch.equal(expected["state_dict"][k], actual["state_dict"][k]) for k in expected["state_dict"])
+    averaged = load_checkpoint(resumed.last_path)["weight_average"]
+    assert averaged["updates"] == len(resumed.batch_losses)  # one update per optimizer step, resumed ones too
 
 
 def test_resume_needs_a_last_checkpoint(tiny_config, trained, mnist_small):
@@ -90,6 +96,16 @@ def test_diverging_loss_fails_with_advice_and_keeps_checkpoints(tiny_config, mni
     with pytest.raises(TrainingDiverged, match="lower train.lr"):
         fit_run(diverging, mnist_small)
     assert good.last_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_nan_loss_under_bf16_suggests_fp32(tmp_path, bf16):
+    from cnnlab.config import TrainConfig
+    from cnnlab.train import _check_finite
+
+    with pytest.raises(TrainingDiverged, match="lower train.lr") as raised:
+        _check_finite(float("nan"), 1, 2, TrainConfig(), tmp_path / "last.pt", bf16)
+    assert ("-S train.precision=fp32" in str(raised.value)) == bf16
 
 
 def test_resume_with_another_optimizer_is_refused(tiny_config, trained, mnist_small):
@@ -123,6 +139,56 @@ def test_random_crop_is_a_shift_of_the_padded_image():
     padded = torch.nn.functional.pad(x[0], (1, 1, 1, 1))
     windows = {tuple(padded[0, i:i + 4, j:j + 4].flatten().tolist()) for i in range(3) for j in range(3)}
     assert all(tuple(o[0].flatten().tolist()) in windows for o in out)
+
+
+def test_cutout_sets_one_square_per_image_to_the_mean():
+    x = torch.ones(64, 3, 28, 28)  # normalised images: 0 is the mean
+    out = cutout(x, 8, torch.Generator().manual_seed(0))
+    for image in out:
+        rows, cols = (image[0] == 0).nonzero(as_tuple=True)
+        assert len(rows), "every image gets a square"
+        height, width = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+        assert height <= 8 and width <= 8 and len(rows) == height * width  # one rectangle, cut by the border
+        assert torch.equal(image[:, rows, cols], torch.zeros(3, len(rows)))  # every channel
+        assert int((image == 1).sum()) == 3 * (28 * 28 - len(rows))  # nothing else touched
+    sizes = [(img[0] == 0).sum().item() for img in out]
+    assert 64 in sizes and min(sizes) < 64  # whole squares inside, cut ones at the border
+
+
+def test_mixup_blends_each_image_with_its_partner_and_repeats_from_the_seed():
+    x, labels = torch.rand(32, 1, 8, 8), torch.arange(32)  # distinct labels name each image's partner
+    mixed, partner, lam = mix_batch(x, labels, 0.4, torch.Generator().manual_seed(3))
+    assert 0.0 <= lam <= 1.0 and sorted(partner.tolist()) == list(range(32)) and not torch.equal(partner, labels)
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner])
+    again = mix_batch(x, labels, 0.4, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], partner) and again[2] == lam
+
+
+def test_the_weight_average_warms_up_then_follows_the_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight += 1.0
+    model.train()(torch.randn(8, 4))  # moves the BatchNorm statistics and its batch counter
+    average.update()
+    decay = min(0.9, 2 / 11)  # the first update: (1 + 1) / (10 + 1)
+    assert torch.allclose(average.module[0].weight, start + (1 - decay))
+    assert average.module[1].num_batches_tracked == model[1].num_batches_tracked == 1  # integers are copied
+    for _ in range(200):
+        average.update()
+    assert torch.allclose(average.module[0].weight, model[0].weight, atol=1e-6)  # converged on a fixed model
+    restored = WeightAverage(model, decay=0.9)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 201 and torch.equal(restored.module[0].weight, average.module[0].weight)
+
+
+def test_with_ema_best_pt_holds_the_average_that_was_validated(tiny_config, mnist_small):
+    result = fit_run(with_train(tiny_config, ema_decay=0.99), mnist_small)
+    best, last = load_checkpoint(result.best_path), load_checkpoint(result.last_path)
+    averaged = last["weight_average"]["weights"]
+    assert all(torch.equal(best["state_dict"][k], averaged[k]) for k in averaged)
+    assert not torch.equal(best["state_dict"]["fc1.weight"], last["state_dict"]["fc1.weight"])  # last.pt: trained
 
 
 def test_precision_auto_follows_cpu_flags(monkeypatch):

@@ -254,22 +254,25 @@ def test_transfer_experiments_resolve_from_the_catalogue():
 def test_freeze_sweep_runs_every_k_and_scratch(tiny_config, mnist_small, tmp_path):
     import json
 
+    from cnnlab.selection import pick_by_validation
     from cnnlab.stages.freeze_sweep import freeze_sweep
 
     model = {"name": "search_cnn", "kwargs": {k: v for k, v in PLAIN_BN.items() if k != "in_channels"}}
     pre = fit_run(with_sections(dataclasses.replace(tiny_config, run="pre"), model=model), mnist_small)
     sweep_config = with_sections(
         dataclasses.replace(tiny_config, run="sweep"), model=model,
-        data={"classes": ["0", "9"], "train_subset": 100}, train={"batch_size": 50},
+        data={"classes": ["0", "9"], "labelled_budget": 100}, train={"batch_size": 50},
         transfer={"init_from": str(pre.best_path), "sweep_k": [0, 5]})
     sweep = freeze_sweep(sweep_config)
-    assert sweep["best_k"] == max(sweep["runs"], key=lambda r: r["best_val_accuracy"])["freeze_k"]  # validation
+    chosen = pick_by_validation(sweep["runs"], "best_val_accuracy", "best_val_loss")
+    assert sweep["best_k"] == chosen["freeze_k"]  # validation
     sweep = json.loads((tmp_path / "outputs" / "sweep" / "freeze_sweep.json").read_text())
     assert [r["freeze_k"] for r in sweep["runs"]] == [0, 5] and sweep["layers"] == 6
     by_k = {r["freeze_k"]: r for r in sweep["runs"]}
     assert by_k[5]["trainable_parameters"] == 34  # only the 16 -> 2 head
     assert by_k[0]["frozen_parameters"] == 0 and by_k[5]["frozen_parameters"] > 0
-    assert 0 <= sweep["scratch_test_accuracy"] <= 1 and sweep["train_samples"] == 100
+    assert 0 <= sweep["scratch_test_accuracy"] <= 1
+    assert (sweep["train_samples"], sweep["val_samples"], sweep["labelled_images"]) == (80, 20, 100)
     assert (tmp_path / "outputs" / "sweep" / "freeze_sweep.png").stat().st_size > 10_000
 
 

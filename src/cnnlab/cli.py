@@ -5,30 +5,35 @@
     cnnlab prepare|train|evaluate|analyze|report|export|register [-S section.key=value ...]
     cnnlab pipeline                 # all stages in order, without DVC (MLproject's main)
     cnnlab dvc-yaml [--check]       # regenerate the dvc.yaml files from the stage contract
+    cnnlab results [--check]        # regenerate README.md's and docs/RESULTS.md's figures from result files
+    cnnlab predict MODEL.onnx IMAGE|GLOB|NPZ ...   # class probabilities as JSON (ONNX model alone)
+    cnnlab server [--check]         # a shared MLflow tracking server on PostgreSQL (cnnlab.server)
 
-Every command reads ``params.yaml`` (``--params`` for another file) with the catalogue entry
-``experiment`` names (catalogue.yaml) merged in, and accepts the same ``-S key=value``
-overrides as ``dvc exp run -S``. It parses and dispatches: the stages (cnnlab.stages) do the work.
-Run outside DVC, a command refuses to write a file a dvc.yaml stage caches (cnnlab.dvc_guard).
-Ctrl-C or SIGTERM ends the command's MLflow runs KILLED and prints one line (for training, the
-command that resumes it); the exit code is then 130 or 143 (cnnlab.lifecycle).
+It parses and dispatches; the stages (cnnlab.stages) do the work. Every command but
+``predict`` reads ``params.yaml`` (``--params``) with its catalogue entry merged in and takes
+``-S key=value`` as ``dvc exp run -S`` does; outside DVC it refuses to write what a dvc.yaml stage
+caches (cnnlab.dvc_guard). Ctrl-C or SIGTERM: runs end KILLED, one line, exit 130 or 143
+(cnnlab.lifecycle). ``--verbose`` shows other libraries' INFO lines (cnnlab.console).
+``torchrun --standalone --nproc_per_node=N -m cnnlab.cli train ...``: N processes (cnnlab.distributed).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
+import json
 import os
-import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ConfigError, load_config
-from .contract import PIPELINE, STAGES, SWEEPS, stage
+from .console import configure_logging
+from .contract import PIPELINE, STAGES, SWEEPS, file_path, stage
 from .dvc_guard import refuse_uncached_writes
-from .lifecycle import exit_code, signals_as_interrupts
+from .files import record_stage_time
+from .lifecycle import exit_code, interrupted_line, signals_as_interrupts
 
 
 def run_stage(name: str) -> Callable[[Config, Any], Any]:
@@ -36,7 +41,14 @@ def run_stage(name: str) -> Callable[[Config, Any], Any]:
     spec = stage(name)
 
     def command(config: Config, args) -> Any:
-        return getattr(importlib.import_module(f"cnnlab.{spec.module}"), spec.function)(config)
+        started = time.perf_counter()
+        result = getattr(importlib.import_module(f"cnnlab.{spec.module}"), spec.function)(config)
+        from .distributed import ranks_from_env  # torch: loaded by the stage already
+        from .runtime import machine
+
+        if ranks_from_env().is_main:  # under torchrun, rank 0 alone writes the run's files
+            record_stage_time(file_path(config, "timings"), name, time.perf_counter() - started, machine())
+        return result
 
     return command
 
@@ -71,16 +83,46 @@ def cmd_separability(config: Config, args) -> None:
     separability(config, args.group, args.params)
 
 
+def regenerated(write: Callable[[Path, bool], list[Path]], fix: str, args) -> None:
+    """`dvc-yaml` and `results`: rewrite generated files, or with --check list those that differ."""
+    root = Path(args.params).resolve().parent
+    stale = write(root, args.check)
+    names = ", ".join(str(p.relative_to(root)) for p in stale)
+    if args.check and stale:
+        raise ConfigError(f"{names} differ from what generates them; {fix} and commit the result")
+    print("up to date" if args.check else f"written: {names or 'nothing changed'}")
+
+
 def cmd_dvc_yaml(config: Config, args) -> None:
     from .dvcgen import write_dvc_files
 
-    root = Path(args.params).resolve().parent
-    stale = write_dvc_files(root, check=args.check)
-    if args.check and stale:
-        raise ConfigError(f"{', '.join(str(p.relative_to(root)) for p in stale)} differ from the stage contract; "
-                          "run `cnnlab dvc-yaml` and commit the result")
-    print(("up to date" if args.check else "written: " + (", ".join(str(p.relative_to(root)) for p in stale)
-                                                          or "nothing changed")))
+    regenerated(write_dvc_files, "run `cnnlab dvc-yaml`", args)
+
+
+def cmd_results(config: Config, args) -> None:
+    from .results import ResultsError
+    from .stages.results import write_results
+
+    try:
+        regenerated(write_results, "run `cnnlab results`", args)
+    except ResultsError as err:
+        raise ConfigError(str(err)) from err
+
+
+def cmd_predict(config: None, args) -> None:
+    from .stages.predict import predict
+
+    result = json.dumps(predict(args.model, args.inputs, args.convert_channels, args.npz_key), indent=2)
+    try:
+        print(result, flush=True)
+    except BrokenPipeError:  # the reader stopped early (`| head`): what it read is all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+
+
+def cmd_server(config: Config, args) -> None:
+    from .server import serve
+
+    serve(config.server, check_only=args.check)
 
 
 def stages_of(command: str) -> tuple[str, ...]:
@@ -91,32 +133,40 @@ def stages_of(command: str) -> tuple[str, ...]:
     return (name,) if name in STAGES or name in SWEEPS else ()
 
 
-def stage_help(name: str) -> str:
-    return stage(name).summary
-
-
 COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
     "datasets": (cmd_datasets, "summary table of the datasets found (shape, samples per split)"),
     "models": (cmd_models, "registered models with their parameter counts"),
-    **{name: (run_stage(name), stage_help(name)) for name in PIPELINE},
-    "seeds": (run_stage("seeds"), stage_help("seeds")),
-    "compare": (cmd_compare, stage_help("compare")),
-    "search": (run_stage("search"), stage_help("search")),
-    "search-report": (run_stage("search_report"), stage_help("search_report")),
-    "retrain-best": (run_stage("retrain_best"), stage_help("retrain_best")),
+    **{name: (run_stage(name), stage(name).summary) for name in PIPELINE},
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
-    "freeze-sweep": (run_stage("freeze_sweep"), stage_help("freeze_sweep")),
-    "separability": (cmd_separability, stage_help("separability")),
+    # seeds, search, search-report, retrain-best, search-compare, freeze-sweep
+    **{name.replace("_", "-"): (run_stage(name), stage(name).summary) for name in SWEEPS
+       if name not in ("compare", "separability")},
+    "compare": (cmd_compare, stage("compare").summary),
+    "separability": (cmd_separability, stage("separability").summary),
+    "results": (cmd_results, "regenerate the figures in README.md and docs/RESULTS.md from the committed "
+                             "result files (--check: compare)"),
+    "server": (cmd_server, "a shared MLflow tracking server: PostgreSQL store, proxied artifacts (--check: "
+                           "create the database and check the pools only)"),
     "dvc-yaml": (cmd_dvc_yaml, "write dvc.yaml and experiments/dvc.yaml from the stage contract (--check: compare)"),
+    "predict": (cmd_predict, "class probabilities of image files or an .npz, as JSON, from an exported model.onnx"),
 }
+# Commands that read no params.yaml and import no torch: they run anywhere, given their files.
+STANDALONE = ("predict",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbose_help = "also show other libraries' INFO lines (openTSNE, onnxscript, MLflow, alembic)"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # also after the command (`cnnlab train --verbose`); SUPPRESS keeps a flag given before it
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+        if name == "predict":
+            add_predict_arguments(p)
+            continue
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         p.add_argument("-S", "--set", dest="overrides", action="extend", nargs="+", default=[],
                        metavar="KEY=VALUE", help="override settings, as `dvc exp run -S` (repeatable); "
@@ -130,33 +180,38 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             p.add_argument("--tolerance", type=float, default=0.005,
                            help="|ours - reference| within this counts as a match (default 0.005 = 0.5 pp)")
-        if name == "dvc-yaml":
+        if name in ("dvc-yaml", "results"):
             p.add_argument("--check", action="store_true", help="only compare; exit 2 when a file differs")
+        if name == "server":
+            p.add_argument("--check", action="store_true",
+                           help="create the database and check the connection pools, then stop")
     return parser
 
 
-def interrupted_line(args, err: KeyboardInterrupt) -> str:
-    """The one line an interrupted command prints: where it stopped and the command that goes
-    on from there (this command's own settings, plus the interruption's ``resume_settings``)."""
-    settings = getattr(err, "resume_settings", None)
-    if settings is None:
-        return f"cnnlab {args.command}: interrupted; run the same command again to go on"
-    if args.command not in ("train", "pipeline"):  # seeds, retrain-best: runs configured in code
-        return f"cnnlab {args.command}: {err}"
-    kept = [o for o in args.overrides if o.split("=", 1)[0] not in settings]
-    params = [] if args.params == "params.yaml" else ["--params", args.params]
-    overrides = [*kept, *(f"{key}={value}" for key, value in settings.items())]
-    command = shlex.join(["cnnlab", "train", *params, *(word for o in overrides for word in ("-S", o))])
-    return f"{err}; {'resume' if settings else 'start again'} with `{command}`"
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    from .stages.predict import NPZ_KEY
+
+    p.add_argument("model", help="an exported model.onnx (`cnnlab export` writes models/<run>/model.onnx)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (PNG, JPEG), quoted globs ('digits/*.png'), or .npz files of uint8 images")
+    p.add_argument("--npz-key", default=NPZ_KEY, help=f"the array an .npz holds its images under (default: {NPZ_KEY})")
+    p.add_argument("--convert-channels", action="store_true",
+                   help="convert images of other channels (RGB for a grayscale model, or back) with PIL "
+                        "instead of refusing them")
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Our own INFO lines; other libraries' (onnxscript, openTSNE, alembic) only from WARNING up.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("cnnlab").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    if args.command in STANDALONE:
+        try:
+            COMMANDS[args.command][0](None, args)
+        except (FileNotFoundError, RuntimeError, ValueError) as err:
+            return error_exit(args, err)
+        return 0
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .distributed import launch_words, ranks_from_env, refuse_other_commands
     from .export import ParityError
     from .models import ModelError
     from .train import TrainingDiverged
@@ -165,19 +220,27 @@ def main(argv: list[str] | None = None) -> int:
                 FileNotFoundError, RuntimeError, ValueError)
     try:
         with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
+            refuse_other_commands(args.command, ranks_from_env())
             config = load_config(args.params, args.overrides)
             refuse_uncached_writes(stages_of(args.command), config, args.params)  # DVC's files: DVC writes them
             COMMANDS[args.command][0](config, args)
     except KeyboardInterrupt as err:
-        print(interrupted_line(args, err), file=sys.stderr, flush=True)
+        launcher = launch_words(ranks_from_env())  # resumed as it was started (torchrun or not)
+        print(interrupted_line(args.command, args.params, args.overrides, err, launcher), file=sys.stderr,
+              flush=True)
         return exit_code(err)
     except expected as err:
-        if os.environ.get("CNNLAB_DEBUG"):
-            raise
-        print(f"cnnlab {args.command}: error: {err}", file=sys.stderr)
-        print("(set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        return error_exit(args, err)
     return 0
+
+
+def error_exit(args, err: Exception) -> int:
+    """One line naming the problem and the fix (the traceback with CNNLAB_DEBUG=1); exit code 2."""
+    if os.environ.get("CNNLAB_DEBUG"):
+        raise err
+    print(f"cnnlab {args.command}: error: {err}", file=sys.stderr)
+    print("(set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ def what_ran(run_dir: Path, init_from: str = "") -> str:
         parts.append("from scratch")
     elif init_from:
         parts.append(f"all layers fine-tuned from {init_from}")
+    if train.get("labelled_budget"):  # few-shot: the labels that trained and that chose, in all
+        parts.append(f"{train['labelled_budget']} labelled images ({train['train_images']} train + "
+                     f"{train['val_images']} validation)")
     return "; ".join(parts)
 
 
@@ -254,4 +257,21 @@ def format_markdown(rows: list[Row], tolerance: float) -> str:
                   "| experiment | metric | ours % | Δ pp | reference % |", "| --- | --- | ---: | ---: | ---: |"]
         lines += [f"| {r.experiment} | {_metric(r)} | {_pct(r.mean)} | {100 * (r.mean - best):+.2f} | "
                   f"{_range(r.reference)}{' (' + r.reference_dataset + ')' if r.proxy else ''} |" for r in members]
+    return "\n".join(lines) + "\n"
+
+
+def format_freeze_sweep(sweep: dict[str, Any]) -> str:
+    """One freeze sweep (``freeze_sweep.json``) as a Markdown table: every k with its validation
+    and test accuracy; k is the one chosen on validation (test is reported, never used to choose)."""
+    labels = (f"{sweep['train_samples']:,d} training + {sweep['val_samples']:,d} validation labelled images"
+              if "val_samples" in sweep else f"{sweep['train_samples']:,d} training images")
+    scratch = sweep["scratch"]
+    lines = [f"**{sweep['experiment']}** freeze sweep ({labels}; k of {sweep['layers']} layers frozen, "
+             f"k = {sweep['best_k']} chosen on validation):", "",
+             "| k frozen | trainable params | best val % | test % | wall s |", "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['freeze_k']}{' (chosen)' if r['freeze_k'] == sweep['best_k'] else ''} | "
+              f"{r['trainable_parameters']:,d} | {_pct(r['best_val_accuracy'])} | {_pct(r['test_accuracy'])} | "
+              f"{r['wall_seconds']:.0f} |" for r in sweep["runs"]]
+    lines.append(f"| from scratch | {scratch['trainable_parameters']:,d} | {_pct(scratch['best_val_accuracy'])} | "
+                 f"{_pct(scratch['test_accuracy'])} | {scratch['wall_seconds']:.0f} |")
     return "\n".join(lines) + "\n"

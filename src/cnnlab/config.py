@@ -75,6 +75,17 @@ class DataConfig:
     # Applied with train_subset when a stage loads the prepared data, so one prepared file
     # serves every view of a dataset (E6 pre-trains on 1-8 and fine-tunes on 0-vs-9 of MNIST).
     classes: list[str] = field(default_factory=list)
+    # Few-shot runs (E6): labelled images in all, training and validation together, drawn
+    # stratified from the training split of the view; budget_val_fraction of them (stratified)
+    # is the validation split that chooses the model, replacing the prepared one. So "from 100
+    # images" is 100 labels in all, not 100 to train plus ~1,200 to choose the epoch, k or seed.
+    # A held-out share rather than k-fold: every choice here (best epoch inside fit, freeze-sweep
+    # k, seed) needs one validation score per trained model; k-fold would train k models per
+    # candidate and then a refit on all 100 whose own epoch nothing could check. 0 = off.
+    labelled_budget: Annotated[int, Ge(0)] = 0
+    # Set with train_subset, the view is refused when loaded (data.select_view), not here: a
+    # catalogue-wide -S data.train_subset=... (tests, `cnnlab compare`) must still resolve E6.
+    budget_val_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.2  # of labelled_budget, for validation
 
 
 @dataclass
@@ -92,6 +103,9 @@ class AugmentConfig:
     # pipeline_p at training time only: cs_hf, h_rp, b_gs_r, crop_rotate (E7/E8).
     pipeline: Literal["none", "cs_hf", "h_rp", "b_gs_r", "crop_rotate"] = "none"
     pipeline_p: Annotated[float, Interval(ge=0, le=1)] = 0.5
+    # Cutout: a square of this side (pixels) at a random centre of each image is set to the
+    # dataset mean (it may reach over the border, as in DeVries & Taylor 2017); 0 = off.
+    cutout: Annotated[int, Ge(0)] = 0
 
 
 @dataclass
@@ -129,6 +143,13 @@ class TrainConfig:
     # validation, evaluation and the exported model alike. Only for flip-invariant classes
     # (CIFAR-10, photographs), never digits.
     tta: Literal["none", "hflip"] = "none"
+    # Mixup: each batch is blended with a shuffled copy of itself, lambda ~ Beta(a, a), the loss
+    # blended alike (Zhang et al. 2018); 0 = off.
+    mixup_alpha: Annotated[float, Ge(0)] = 0.0
+    # Exponential moving average of the weights (and BatchNorm statistics) after every step,
+    # warmed up as min(decay, (1 + n) / (10 + n)); validation, best.pt and so every later stage
+    # use the average. 0 = off.
+    ema_decay: Annotated[float, Interval(ge=0, lt=1)] = 0.0
 
 
 @dataclass
@@ -151,12 +172,33 @@ class TransferConfig:
 
 @dataclass
 class TrackingConfig:
-    # "" means $MLFLOW_TRACKING_URI, else a SQLite store under .mlflow/ in the project root.
+    # "" means $MLFLOW_TRACKING_URI, else MLflow's default store, mlflow.db in the project root.
     uri: str = ""
     experiment: str = "cnnlab"
     log_model: bool = True  # ~12 s per run: worth it for final runs, not search trials
     registered_model: str = ""  # "" = the experiment name
     alias: str = "champion"
+
+
+@dataclass
+class ServerConfig:
+    """`cnnlab server`: a shared MLflow tracking server (cnnlab.server); changes no run's result."""
+
+    # Any SQLAlchemy URL; a PostgreSQL database is created when missing. Keep passwords out of
+    # it (they would be printed and saved with every run's config.yaml): use $PGPASSWORD or ~/.pgpass.
+    backend_store: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/cnnlab_mlflow"
+    artifacts_destination: str = ""  # "" = <project>/mlartifacts; or s3://bucket/prefix
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines (list their names in allowed_hosts)
+    port: Annotated[int, Interval(ge=1, le=65535)] = 5000
+    allowed_hosts: list[str] = field(default_factory=list)  # Host headers accepted besides localhost
+    # Each worker process (and each helper process, cnnlab.server.HELPER_PROCESSES) holds its own
+    # SQLAlchemy engines (ENGINES_PER_WORKER), each up to pool_size + max_overflow connections:
+    # `cnnlab server` refuses to start when that total does not fit in PostgreSQL's max_connections.
+    workers: Annotated[int, Ge(1)] = 4
+    pool_size: Annotated[int, Ge(1)] = 3  # connections kept open per engine
+    # Extra connections per engine under load; at least 1 (MLflow 3.17 ignores 0 and uses SQLAlchemy's 10).
+    max_overflow: Annotated[int, Ge(1)] = 2
+    pool_recycle: Annotated[int, Ge(0)] = 1800  # seconds before a pooled connection is reopened; 0 = never
 
 
 @dataclass
@@ -192,6 +234,18 @@ class SearchSpaceConfig:
     lr: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale
         default_factory=lambda: [0.0003, 0.01])
     batch_sizes: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = field(default_factory=lambda: [256])
+    # The training recipe, searched beside the architecture (train.* of the same names).
+    weight_decay: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale
+        default_factory=lambda: [0.00001, 0.001])
+    label_smoothing: Annotated[list[Annotated[float, Interval(ge=0, lt=1)]], LowHigh()] = field(
+        default_factory=lambda: [0.0, 0.2])
+    mixup_alphas: Annotated[list[Annotated[float, Ge(0)]], MinLen(1)] = field(  # 0 = off
+        default_factory=lambda: [0.0, 0.2])
+    cutouts: Annotated[list[Annotated[int, Ge(0)]], MinLen(1)] = field(default_factory=lambda: [0, 8])  # px; 0 = off
+    ema_decays: Annotated[list[Annotated[float, Interval(ge=0, lt=1)]], MinLen(1)] = field(  # 0 = off
+        default_factory=lambda: [0.0, 0.999])
+    schedulers: Annotated[list[Literal["none", "step", "exponential", "cosine", "onecycle"]], MinLen(1)] = field(
+        default_factory=lambda: ["onecycle", "cosine"])
 
 
 @dataclass
@@ -208,10 +262,20 @@ class SearchConfig:
     param_budget: Annotated[int, Ge(1)] = 150000  # hard: an over-budget model is never trained
     budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
     sampler_seed: Seed = 0
+    # tpe: Optuna's Tree-structured Parzen Estimator; random: the baseline a search must beat.
+    sampler: Literal["tpe", "random"] = "tpe"
+    # On per-epoch validation accuracy. hyperband: successive halving with epochs as the resource,
+    # from min_trial_epochs up to trial_epochs, keeping 1/reduction_factor at each rung.
     pruner: Literal["median", "hyperband", "none"] = "median"
+    min_trial_epochs: Annotated[int, Ge(1)] = 1
+    reduction_factor: Annotated[int, Ge(2)] = 3
     multi_objective: bool = False  # maximise accuracy, minimise parameters (Pareto front)
     trial_epochs: Annotated[int, Ge(1)] = 4  # cheap fidelity per trial; the winner is retrained in full
     trial_train_subset: Annotated[int, Ge(0)] = 10000  # stratified training images per trial; 0 = all
+    # The study's compute: epochs trained over all its trials (a pruned trial counts the epochs
+    # it ran); once they are spent no trial starts and a running one stops after its epoch.
+    # 0 = n_trials alone limits it.
+    epoch_budget: Annotated[int, Ge(0)] = 0
     heartbeat_seconds: Annotated[int, Ge(1)] = 60  # RDB storages: a silent worker's trial is failed and retried
     max_retry: Annotated[int, Ge(0)] = 2
     # Known-good candidates tried before the sampler's own (Optuna parameter names, as
@@ -250,6 +314,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     @property
     def name(self) -> str:

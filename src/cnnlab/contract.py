@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ UNTRACKED_KEYS = (
     "experiment", "run",  # the run's name: it is in every output path already
     "models_dir", "outputs_dir",  # where outputs go: the paths themselves
     "data.datasets_dir", "data.raw_dir", "data.download",  # where raw data is looked for; its hash is recorded
+    "server",  # `cnnlab server`'s store, address and pools: where runs are logged, never what they are
 )
 
 
@@ -64,6 +66,7 @@ class RunFiles:
     best: Path
     last: Path
     onnx: Path
+    timings: Path  # each stage's last wall time and machine (not a DVC output: every stage updates it)
 
     @classmethod
     def of(cls, config: Config) -> "RunFiles":
@@ -79,7 +82,7 @@ class RunFiles:
             figures=out / "figures", report=out / "report.md", parity=out / "onnx_parity.json",
             registered=out / "registered.json", seeds=out / "seeds.json", freeze_sweep=out / "freeze_sweep.json",
             freeze_sweep_figure=out / "freeze_sweep.png", best=models / "best.pt", last=models / "last.pt",
-            onnx=models / "model.onnx",
+            onnx=models / "model.onnx", timings=out / "timings.json",
         )
 
 
@@ -91,6 +94,8 @@ class StudyFiles:
     search_figures: Path
     winner_models: Path
     winner_seeds: Path
+    search_comparison: Path  # `cnnlab search-compare`: the samplers and the hand-designed candidate
+    search_comparison_figure: Path
 
     @classmethod
     def of(cls, config: Config) -> "StudyFiles":
@@ -98,7 +103,9 @@ class StudyFiles:
         return cls(search_summary=Path(config.outputs_dir) / study / "search.json",
                    search_figures=Path(config.outputs_dir) / study / "search_figures",
                    winner_models=Path(config.models_dir) / winner_name(study),
-                   winner_seeds=Path(config.outputs_dir) / winner_name(study) / "seeds.json")
+                   winner_seeds=Path(config.outputs_dir) / winner_name(study) / "seeds.json",
+                   search_comparison=Path(config.outputs_dir) / study / "search_comparison.json",
+                   search_comparison_figure=Path(config.outputs_dir) / study / "search_comparison.png")
 
 
 def file_path(config: Config, name: str) -> Path:
@@ -112,6 +119,16 @@ def file_path(config: Config, name: str) -> Path:
 def winner_name(study: str) -> str:
     """The run name of a study's retrained winner."""
     return f"{study}_winner"
+
+
+def sampler_study(study: str, sampler: str) -> str:
+    """The study `cnnlab search-compare` runs with another sampler at the same epoch budget."""
+    return f"{study}_{sampler}"
+
+
+def baseline_name(study: str) -> str:
+    """The run name of the study's hand-designed candidate (the entry's own model), retrained."""
+    return f"{study}_baseline"
 
 
 def comparison_files(config: Config) -> tuple[Path, Path]:
@@ -163,7 +180,7 @@ class Stage:
             and key not in self.skip
 
     def code(self) -> list[str]:
-        return source_closure(self.module)
+        return list(source_closure(self.module))
 
 
 def expand(key: str) -> list[str]:
@@ -179,7 +196,8 @@ def expand(key: str) -> list[str]:
     return [key]
 
 
-def source_closure(module: str) -> list[str]:
+@functools.lru_cache(maxsize=None)  # dvc-yaml asks for each stage module's closure once per entry
+def source_closure(module: str) -> tuple[str, ...]:
     """Every cnnlab source file ``module`` imports, directly or not, lazily inside functions too
     (any import statement anywhere in a file counts: an over-approximation is safe)."""
     seen: set[Path] = set()
@@ -194,7 +212,7 @@ def source_closure(module: str) -> list[str]:
     # added to it later is a dependency too.
     whole = {d for d in {p.parent for p in seen} if d != PACKAGE_ROOT and set(d.glob("*.py")) <= seen}
     names = {p.parent if p.parent in whole else p for p in seen}
-    return sorted(f"{SOURCE_PREFIX}/{p.relative_to(PACKAGE_ROOT).as_posix()}" for p in names)
+    return tuple(sorted(f"{SOURCE_PREFIX}/{p.relative_to(PACKAGE_ROOT).as_posix()}" for p in names))
 
 
 def packages_of(dotted: str) -> list[Path]:
@@ -236,9 +254,9 @@ def imported_files(path: Path) -> list[Path]:
 
 # What a training run's model depends on: the dataset view, the model, the recipe, the transfer
 # policy. `tracking.log_model` decides whether the model is logged for `register`.
-# Reading the prepared data back applies the view settings (classes, subset) and the paths.
+# Reading the prepared data back applies the view settings (classes, subset, labelled budget) and the paths.
 DATA_VIEW = ("data.name", "data.prepared_dir", "data.image_size", "data.classes", "data.train_subset",
-             "data.split_seed")
+             "data.split_seed", "data.labelled_budget", "data.budget_val_fraction")
 TRAINING_READS = (*DATA_VIEW, "model", "train", "transfer", "tracking.log_model")
 # Where the prepared dataset is: every RunFiles names it, so stages that only read results
 # still read these to locate their files.
@@ -247,7 +265,7 @@ PREPARED_PATH = ("data.name", "data.image_size", "data.prepared_dir")
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare", "stages.prepare", "prepare",
           "load data.name, split train/val (stratified), save the prepared artifact",
-          reads=("data",), skip=("data.classes", "data.train_subset"),
+          reads=("data",), skip=("data.classes", "data.train_subset", "data.labelled_budget", "data.budget_val_fraction"),
           outputs=(Output("prepared"), Output("data_summary", cache=False))),
     Stage("train", "stages.train", "train", "fit the model; best/last checkpoints, history and an MLflow run",
           reads=TRAINING_READS, skip=("transfer.sweep_k",), inputs=("prepared",),
@@ -274,7 +292,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("register", "stages.register", "register",
           "register the model in MLflow with an alias (needs passed parity)",
           reads=(*PREPARED_PATH, "tracking.registered_model", "tracking.alias"),
-          inputs=("parity", "eval", "run_info"),
+          inputs=("parity", "eval", "train_metrics", "best", "run_info"),
           outputs=(Output("registered", cache=False),)),
 )}
 
@@ -297,6 +315,12 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
           reads=("seeds", "search.study", "search.param_budget", *TRAINING_READS, "export", "tracking"),
           inputs=("search_summary", "prepared"),
           outputs=(Output("winner_models"), Output("winner_seeds", cache=False, role="metric"))),
+    Stage("search_compare", "stages.search_compare", "search_compare",
+          "the other sampler at the same epoch budget and the hand-designed candidate, each retrained over the seeds",
+          reads=("seeds", "search", *TRAINING_READS, "train.eval_batch_size"),
+          inputs=("search_summary", "winner_seeds", "prepared"),
+          outputs=(Output("search_comparison", cache=False, role="metric"),
+                   Output("search_comparison_figure", cache=False, role="plot"))),
     Stage("seeds", "stages.seeds", "seeds", "train + evaluate once per seed in `seeds`; writes mean ± std",
           reads=("seeds", *TRAINING_READS, "train.eval_batch_size"),
           inputs=("prepared",), outputs=(Output("seeds", cache=False, role="metric"),)),

@@ -1,7 +1,7 @@
 """ONNX export with ``onnx.checker`` and an onnxruntime-vs-PyTorch parity check.
 
 The exported graph takes pixels in [0, 1] with a dynamic batch axis and returns logits
-(see ``checkpoint.InferenceModel``). Parity runs over a whole split in fp32; the export
+(see ``checkpoint.InferenceModel``); its metadata holds the model card (``modelcard.py``). Parity runs over a whole split in fp32; the export
 fails, and nothing gets registered, when the max |logit difference| or the argmax
 agreement misses the thresholds in ``params.yaml`` (``export`` section).
 """
@@ -36,8 +36,10 @@ class ParityReport:
         return asdict(self)
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path, opset: int = 18) -> Path:
-    """Write ``path`` as one self-contained ``.onnx`` file and run the ONNX checker on it."""
+def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path, opset: int = 18,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Write ``path`` as one self-contained ``.onnx`` file, with ``metadata`` as its metadata_props
+    (the model card ``cnnlab predict`` reads), and run the ONNX checker on it."""
     import onnx
 
     module = module.eval().float()
@@ -48,7 +50,11 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path
         dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
         opset_version=opset, dynamo=True, external_data=False, verbose=False,
     )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    model = onnx.load(str(path))
+    if metadata:
+        onnx.helper.set_model_props(model, metadata)
+        onnx.save(model, str(path))
+    onnx.checker.check_model(model, full_check=True)
     return path
 
 

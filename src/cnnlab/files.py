@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,14 @@ def write_json(path: Path, payload: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def record_stage_time(path: Path, stage: str, wall_seconds: float, machine: dict[str, Any]) -> Path:
+    """Add one stage's wall time to the run's ``timings.json`` (the stages of a run share it)."""
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[stage] = {"wall_seconds": round(wall_seconds, 3),
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine}
+    return write_json(path, timings)
 
 
 def read_json(path: Path, produced_by: str) -> Any:

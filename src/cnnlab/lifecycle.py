@@ -14,6 +14,7 @@ gone, and ``tracking.mark_dead_runs`` marks such runs FAILED.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -51,7 +52,7 @@ def describe_exit(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-def _raise_terminated(signum, frame) -> None:
+def raise_terminated(signum, frame) -> None:
     # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
     # handlers that are ending the runs. SIGKILL still stops the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -67,7 +68,7 @@ def signals_as_interrupts() -> Iterator[None]:
             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
@@ -104,3 +105,20 @@ def owner_died(tags: dict[str, str], now: float | None = None) -> bool:
         return not pid_alive(int(pid))
     beat = tags.get(HEARTBEAT_TAG, "")
     return beat.isdigit() and (now or time.time()) - int(beat) > STALE_HEARTBEAT_SECONDS
+
+
+def interrupted_line(command: str, params: str, overrides: list[str], err: KeyboardInterrupt,
+                     launcher: list[str]) -> str:
+    """The one line an interrupted command prints: where it stopped and the command that goes
+    on from there (this command's own settings, plus the interruption's ``resume_settings``),
+    started as this one was (``launcher``: torchrun's words under torchrun, else none)."""
+    settings = getattr(err, "resume_settings", None)
+    if settings is None:
+        return f"cnnlab {command}: interrupted; run the same command again to go on"
+    if command not in ("train", "pipeline"):  # seeds, retrain-best: runs configured in code
+        return f"cnnlab {command}: {err}"
+    kept = [o for o in overrides if o.split("=", 1)[0] not in settings]
+    params_words = [] if params == "params.yaml" else ["--params", params]
+    settings_words = [word for o in [*kept, *(f"{k}={v}" for k, v in settings.items())] for word in ("-S", o)]
+    line = shlex.join([*launcher, "train", *params_words, *settings_words])
+    return f"{err}; {'resume' if settings else 'start again'} with `{line}`"

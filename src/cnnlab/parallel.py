@@ -1,20 +1,23 @@
 """Independent jobs (seeds, search workers) in worker processes that split the CPU cores.
 
-Why processes and not more threads: a small CNN's training step scales poorly across
-intra-op threads. Measured on the 2-core development CPU with the E5 winner (bf16,
-channels_last, batch 256): one process on 2 threads 1,406 img/s; two 1-thread processes
-side by side 1,014 + 1,007 = 2,021 img/s (1.44x); three 2,142 img/s in all. Each worker
+Why processes and not more threads: a small CNN's training step can scale poorly across
+intra-op threads on a CPU of few cores; whether it does depends on the net and the CPU
+(``make bench-ddp`` measures 2 processes x 1 thread against 1 process x 2 threads for E1's
+SimpleCNN into bench/ddp_throughput.json). Each worker
 loads its own copy of the data and writes its own MLflow run, so nothing is shared but the
 stores, which already serve several processes.
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
+import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
+from .console import configure_logging
+from .lifecycle import raise_terminated
 from .runtime import available_cores
 
 
@@ -24,7 +27,23 @@ def threads_per_worker(workers: int, threads: int = 0) -> int:
 
 
 def _start_worker() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s [%(processName)s]: %(message)s")
+    configure_logging(process_name=True)  # the parent's --verbose arrives in $CNNLAB_VERBOSE
+    # Ctrl-C in a terminal reaches the whole process group: only the coordinator takes it, and
+    # stops each worker with one SIGTERM (run_jobs), which ends the worker's runs KILLED.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """The coordinator was interrupted: no job starts any more, and each worker gets one SIGTERM
+    so that it ends its runs KILLED (or finishes them) before the coordinator goes on."""
+    for process in list((pool._processes or {}).values()):  # noqa: SLF001 - the pool names no other way
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_jobs(target: Callable[..., Any], jobs: Sequence[tuple], workers: int,
@@ -43,12 +62,16 @@ def run_jobs(target: Callable[..., Any], jobs: Sequence[tuple], workers: int,
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                              initializer=_start_worker) as pool:
         futures = {pool.submit(target, *job): index for index, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            index = futures[future]
-            try:
-                results[index] = future.result()
-            except Exception as err:  # noqa: BLE001 - reported below with the job it belongs to
-                failures.append(f"{describe(jobs[index])}: {type(err).__name__}: {err}")
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    results[index] = future.result()
+                except Exception as err:  # noqa: BLE001 - reported below with the job it belongs to
+                    failures.append(f"{describe(jobs[index])}: {type(err).__name__}: {err}")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (cnnlab.lifecycle) of the coordinator
+            _stop_workers(pool)
+            raise
     if failures:
         done = len(jobs) - len(failures)
         raise RuntimeError(f"{len(failures)} of {len(jobs)} jobs failed ({done} finished and kept):\n  "

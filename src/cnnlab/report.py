@@ -322,7 +322,7 @@ def plot_param_importances(summary: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(names)))
     bars = ax.barh(names, values, color="tab:blue")
     ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
-    ax.set(xlabel="importance for validation accuracy", xlim=(0, 1.15 * max(max(values), 1e-12)),
+    ax.set(xlabel="PED-ANOVA importance for high validation accuracy", xlim=(0, 1.15 * max(max(values), 1e-12)),
            title=f"{summary.get('study') or 'search'}: parameter importances "
                  f"from {len(_complete_trials(summary))} complete trials")
     ax.tick_params(axis="y", labelsize=8)
@@ -476,4 +476,34 @@ def plot_freeze_sweep(sweep: dict, path: Path) -> Path:
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{sweep['experiment']}: freeze the first k of {sweep['layers']} layers")
+    return _save(fig, path)
+
+
+def plot_search_comparison(comparison: dict, path: Path) -> Path:
+    """Left: each sampler's best validation accuracy so far against the trial-epochs it spent.
+    Right: each arm's retrained test accuracy (mean ± std over seeds), the hand-designed
+    candidate included (test accuracy is reported here; validation chose every winner)."""
+    fig, (progress, final) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    for arm in comparison["arms"]:
+        curve = arm.get("best_so_far") or []
+        if curve:
+            spent, best = zip(*curve)
+            progress.step(spent, best, where="post", label=f"{arm['arm']} (winner {arm['winner']['val_accuracy']:.4f})")
+    progress.axvline(comparison["epoch_budget"], color="grey", ls=":", lw=1, label="epoch budget")
+    progress.set(xlabel="trial-epochs spent", ylabel="best validation accuracy (complete trials)",
+                 title=f"{comparison['study']}: search progress at equal compute")
+    progress.grid(alpha=0.3)
+    progress.legend(fontsize=8)
+    names = [a["arm"] for a in comparison["arms"]]
+    means = [100 * a["retrained"]["test_accuracy_mean"] for a in comparison["arms"]]
+    stds = [100 * a["retrained"]["test_accuracy_std"] for a in comparison["arms"]]
+    bars = final.bar(names, means, yerr=stds, capsize=6, color=["tab:blue", "tab:orange", "tab:grey"][: len(names)])
+    for bar, mean in zip(bars, means):
+        final.annotate(f"{mean:.2f}", (bar.get_x() + bar.get_width() / 2, mean), textcoords="offset points",
+                       xytext=(0, 8), ha="center", fontsize=9)
+    low = min(m - s for m, s in zip(means, stds))
+    final.set_ylim(max(0.0, low - 2.0), min(100.0, max(means) + 1.5))
+    final.set(ylabel=f"test accuracy, % (mean ± std, {len(comparison['seeds'])} seeds)",
+              title=f"retrained {comparison['retrain_epochs']} epochs")
+    final.grid(alpha=0.3, axis="y")
     return _save(fig, path)

@@ -1,9 +1,8 @@
 """Where and how tensors run: device, numeric precision, threads, seeds, project root.
 
 bf16 autocast is only fast on CPUs with native bf16 arithmetic (AVX-512-BF16 or AMX);
-elsewhere it is emulated and several times *slower* than fp32 (measured on an AMD EPYC
-without those flags: 1,470 img/s fp32 vs 190 img/s bf16 for SimpleCNN), so "auto" checks
-the CPU flags instead of assuming them.
+elsewhere it is emulated and several times *slower* than fp32 (seen on an AMD EPYC without
+those flags), so "auto" checks the CPU flags instead of assuming them.
 """
 
 from __future__ import annotations
@@ -22,13 +21,18 @@ _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_lines() -> tuple[str, ...]:
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:  # not Linux: no flags, so bf16 stays off unless on CUDA
+        return ()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -109,6 +113,20 @@ def set_threads(threads: int = 0) -> int:
         torch.set_num_threads(wanted)
         _threads_set = True
     return wanted
+
+
+def machine() -> dict:
+    """What a measurement ran on, saved beside every measured figure (bench JSONs, train metrics)."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "")
+    return {
+        "cpu": model or os.uname().machine,
+        "cores_available": available_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_has_fast_bf16(),
+        "bf16_flags": sorted(cpu_flags() & _BF16_CPU_FLAGS),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+        "torch": torch.__version__,
+    }
 
 
 def seed_everything(seed: int) -> torch.Generator:

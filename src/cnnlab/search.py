@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
-from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig
+from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig, TrainConfig
 from .data import PreparedData
 from .data.sampling import stratified_sample
 from .files import sqlite_damage
@@ -39,6 +40,25 @@ log = logging.getLogger(__name__)
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                    optuna.trial.TrialState.FAIL)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+# How long a worker that found the study already created waits for its creator to store the
+# MLflow parent run id (connecting to MLflow took up to a minute on a busy machine).
+PARENT_WAIT_S = 180
+EPOCHS_ATTR = "epochs"  # epochs a trial trained (all of them, or up to where it was pruned)
+CREATED_AT_ATTR = "created_at"  # unix time the study was created: how long its parent run may take to appear
+SCHEMA_ATTEMPTS = 5  # opening a fresh RDB storage while another worker creates its schema
+
+
+class NoTracebackForInterruptions(logging.Filter):
+    """Optuna logs a trial that Ctrl-C or SIGTERM stopped with its traceback; an interruption is
+    no bug, so the warning keeps its one line ("Trial 3 failed because of ... Terminated(...)")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(NoTracebackForInterruptions())
 
 
 class OverBudget(optuna.TrialPruned):
@@ -46,7 +66,7 @@ class OverBudget(optuna.TrialPruned):
 
 
 def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The whole search space in one place: (search_cnn kwargs, training settings)."""
+    """The whole search space in one place: (search_cnn kwargs, training recipe as train.* overrides)."""
     stages = trial.suggest_int("stages", *space.stages)
     model = {
         "block_style": trial.suggest_categorical("block_style", space.block_styles),
@@ -64,8 +84,21 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
         "optimizer": trial.suggest_categorical("optimizer", space.optimizers),
         "lr": trial.suggest_float("lr", *space.lr, log=True),
         "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
+        "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+        "label_smoothing": trial.suggest_float("label_smoothing", *space.label_smoothing),
+        "mixup_alpha": trial.suggest_categorical("mixup_alpha", space.mixup_alphas),
+        "ema_decay": trial.suggest_categorical("ema_decay", space.ema_decays),
+        "scheduler": trial.suggest_categorical("scheduler", space.schedulers),
+        "augment": {"cutout": trial.suggest_categorical("cutout", space.cutouts)},
     }
     return model, training
+
+
+def with_recipe(train: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
+    """``train`` with a trial's recipe (``suggest``'s training overrides, ``augment`` nested)."""
+    flat = {k: v for k, v in recipe.items() if k != "augment"}
+    augment = dataclasses.replace(train.augment, **recipe.get("augment", {}))
+    return dataclasses.replace(train, augment=augment, **flat)
 
 
 def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
@@ -76,7 +109,10 @@ def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
         "block_style": ("choice", space.block_styles), "batch_norm": ("choice", space.batch_norm),
         "pooling": ("choice", space.pooling), "head_width": ("choice", space.head_widths),
         "preactivation": ("choice", space.preactivation), "optimizer": ("choice", space.optimizers),
-        "batch_size": ("choice", space.batch_sizes),
+        "batch_size": ("choice", space.batch_sizes), "weight_decay": ("range", space.weight_decay),
+        "label_smoothing": ("range", space.label_smoothing), "mixup_alpha": ("choice", space.mixup_alphas),
+        "ema_decay": ("choice", space.ema_decays), "scheduler": ("choice", space.schedulers),
+        "cutout": ("choice", space.cutouts),
     }
     domains.update({f"width_{i}": ("choice", space.widths) for i in range(space.stages[1])})
     return domains
@@ -143,32 +179,61 @@ def resolve_storage(url: str, search: SearchConfig):
         path = Path(url.removeprefix("journal:")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=search.max_retry),
-    )
+    return rdb_storage(url, search)
+
+
+def rdb_storage(url: str, search: SearchConfig):
+    """An RDB storage; the first one on an empty database creates the schema. Workers on several
+    machines starting together race to create it: the loser's CREATE fails with a duplicate
+    key, and once the winner's schema is committed a second try finds it there."""
+    import sqlalchemy
+
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=search.max_retry),
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            log.info("another worker is creating the Optuna schema in %s; trying again", url)
+            time.sleep(1 + attempt)
 
 
 def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     if search.multi_objective or search.pruner == "none":
         return optuna.pruners.NopPruner()  # Optuna cannot prune multi-objective studies
-    if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=search.trial_epochs)
+    if search.pruner == "hyperband":  # epochs are the resource: rungs at min_trial_epochs * factor^k
+        return optuna.pruners.HyperbandPruner(min_resource=min(search.min_trial_epochs, search.trial_epochs),
+                                              max_resource=search.trial_epochs,
+                                              reduction_factor=search.reduction_factor)
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
 def open_study(search: SearchConfig, worker: int = 0) -> optuna.Study:
+    return open_or_create_study(search, worker)[0]
+
+
+def open_or_create_study(search: SearchConfig, worker: int = 0) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it: the storage lets exactly one of the
+    processes starting together create it (a unique name), and that one opens the MLflow parent run."""
     directions = ["maximize", "minimize"] if search.multi_objective else ["maximize"]
-    study = optuna.create_study(
-        study_name=search.study, storage=resolve_storage(search.storage, search), load_if_exists=True,
-        pruner=make_pruner(search), directions=directions,
-    )
+    settings = dict(study_name=search.study, storage=resolve_storage(search.storage, search),
+                    pruner=make_pruner(search), directions=directions)
+    try:
+        study, created = optuna.create_study(**settings), True
+        study.set_user_attr(CREATED_AT_ATTR, time.time())
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.create_study(**settings, load_if_exists=True), False
     # Offset the seed by the trials already there: a resumed or later-started worker with the
     # plain seed would replay the first run's random start-up draws as duplicate trials. Workers
     # started together (``search.workers``) see the same count, so their index separates them.
     seed = search.sampler_seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
-    return study
+    study.sampler = (optuna.samplers.RandomSampler(seed=seed) if search.sampler == "random"
+                     else optuna.samplers.TPESampler(seed=seed))
+    return study, created
 
 
 def trial_subset(data: PreparedData, size: int, seed: int) -> PreparedData:
@@ -180,13 +245,22 @@ def trial_subset(data: PreparedData, size: int, seed: int) -> PreparedData:
 
 
 class TrialReporter:
-    """Per-epoch validation accuracy to Optuna (for the pruner) and to the trial's MLflow run."""
+    """Per-epoch validation accuracy to Optuna (for the pruner) and to the trial's MLflow run; a
+    trial still training when the study's ``epoch_budget`` runs out stops there (pruned), so a
+    study spends at most its budget plus one epoch per other worker."""
 
-    def __init__(self, trial: optuna.Trial, tracker, prune: bool):
+    def __init__(self, trial: optuna.Trial, tracker, prune: bool, search: SearchConfig):
         self.trial, self.tracker, self.prune = trial, tracker, prune
+        self.epoch_budget, self.trial_epochs = search.epoch_budget, search.trial_epochs
 
     def on_epoch_end(self, record: dict[str, float]) -> None:
         self.tracker.on_epoch_end(record)
+        epoch = int(record["epoch"])
+        self.trial.set_user_attr(EPOCHS_ATTR, epoch)  # the study's compute, for epoch_budget
+        # A trial at its last epoch completes: stopping it then would only throw its result away.
+        if self.epoch_budget and epoch < self.trial_epochs and epochs_spent(self.trial.study) >= self.epoch_budget:
+            raise optuna.TrialPruned(f"stopped at epoch {epoch}: the study's epoch budget "
+                                     f"({self.epoch_budget}) is spent")
         if self.prune:
             self.trial.report(record["val_accuracy"], int(record["epoch"]))
             if self.trial.should_prune():
@@ -202,8 +276,8 @@ class Objective:
         self.base_kwargs = resolve_model_kwargs("search_cnn", {}, data)
 
     def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
-        train = dataclasses.replace(self.config.train, epochs=self.search.trial_epochs, progress=False,
-                                    resume_from="", **training)
+        train = dataclasses.replace(with_recipe(self.config.train, training), epochs=self.search.trial_epochs,
+                                    progress=False, resume_from="")
         return dataclasses.replace(self.config, run=f"{self.search.study}/trial{trial.number:04d}",
                                    model=ModelConfig("search_cnn", model_kwargs), train=train)
 
@@ -220,16 +294,17 @@ class Objective:
             raise
         trial.set_user_attr("parameters", parameters)
         trial.set_user_attr("model_kwargs", model_kwargs)
+        trial.set_user_attr("training", training)
         config = self.trial_config(trial, model_kwargs, training)
         tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
                              tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number),
-                                   **owner_tags()})
-        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+                                   **owner_tags()}, command="search")
         with tracker.running():  # any other error or an interruption ends the child run too
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)
             tracker.log_config(config, {"total_parameters": parameters})
             try:
                 result = fit(config, self.data, build_model(config, self.data),
-                             TrialReporter(trial, tracker, not self.search.multi_objective))
+                             TrialReporter(trial, tracker, not self.search.multi_objective, self.search))
             except optuna.TrialPruned as err:
                 self._close(trial, tracker, "PRUNED", str(err), "FINISHED")
                 raise
@@ -250,14 +325,35 @@ class Objective:
         tracker.set_terminated(status)
 
 
-def ensure_parent_run(study: optuna.Study, config: Config) -> str:
-    """One MLflow parent run per study, its id kept in the study so every worker finds it.
-    Trial runs left RUNNING by a worker that died are marked FAILED first."""
+def wait_for_parent_run(study: optuna.Study) -> str | None:
+    """The parent run id the study's creator stores, once it is there; None when the study is
+    older than PARENT_WAIT_S (its creator stopped before storing one) or none came in time."""
+    deadline = float(study.user_attrs.get(CREATED_AT_ATTR, 0)) + PARENT_WAIT_S
+    if time.time() >= deadline:
+        return None
+    while time.time() < deadline:
+        parent = study.user_attrs.get(PARENT_RUN_ATTR)  # read from the storage on every access
+        if parent:
+            return parent
+        time.sleep(1)
+    log.warning("study %s: its creator stored no MLflow parent run within %d s (did it die?); "
+                "opening one here", study.study_name, PARENT_WAIT_S)
+    return None
+
+
+def ensure_parent_run(study: optuna.Study, config: Config, created: bool = True) -> str:
+    """One MLflow parent run per study, its id kept in the study so every worker finds it: the
+    process that ``created`` the study opens it; the others, on this machine or another,
+    wait for its id rather than open a second one. Trial runs left RUNNING by a worker that
+    died are marked FAILED first."""
     from .tracking import RunTracker, mark_dead_runs
 
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
+    if parent is None and not created:
+        parent = wait_for_parent_run(study)
     tracker = RunTracker(config, run_id=parent, run_name=f"search-{config.search.study}",
-                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent", **owner_tags()})
+                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent", **owner_tags()},
+                         command="search")
     if tracker.run_id != parent:
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
         tracker.log_params({f"search.{k}": v for k, v in dataclasses.asdict(config.search).items() if k != "space"})
@@ -270,12 +366,16 @@ def ensure_parent_run(study: optuna.Study, config: Config) -> str:
 
 def end_parent_run(config: Config, status: str, reason: str = "") -> None:
     """End the study's parent run with ``status`` when a `cnnlab search` invocation ends."""
-    from .tracking import RunTracker
+    from .tracking import RunTracker, mark_dead_runs
 
     try:
         parent = open_study(config.search).user_attrs.get(PARENT_RUN_ATTR)
         if parent:
             tracker = RunTracker(config, run_id=parent)
+            # A worker stopped between opening a trial's run and owning it leaves that run
+            # RUNNING; its process is gone by now, so it is marked FAILED here, not later.
+            mark_dead_runs(tracker.client, tracker.experiment_id, f"tags.mlflow.parentRunId = '{parent}'",
+                           "cnnlab search")
             if reason:
                 tracker.set_tags({FAILURE_TAG: reason[:1000]})
             tracker.set_terminated(status)
@@ -287,23 +387,49 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
+def epochs_spent(study: optuna.Study) -> int:
+    """Epochs trained over every trial of the study, pruned and failed ones included."""
+    return sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.get_trials(deepcopy=False))
+
+
+def budget_left(study: optuna.Study, search: SearchConfig) -> bool:
+    """Whether another trial may start: fewer than n_trials finished and epoch_budget not spent."""
+    if finished_trials(study) >= search.n_trials:
+        return False
+    return not search.epoch_budget or epochs_spent(study) < search.epoch_budget
+
+
+class StudyBudget:
+    """Stops the study once ``n_trials`` trials finished or ``epoch_budget`` epochs are spent,
+    over every worker (a trial still running on another worker stops after its current epoch:
+    TrialReporter)."""
+
+    def __init__(self, search: SearchConfig):
+        self.search = search
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not budget_left(study, self.search):
+            study.stop()
+
+
 def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
     search = config.search
-    study = open_study(search, worker)
+    study, created = open_or_create_study(search, worker)
     enqueue_candidates(study, search)
-    parent_run_id = ensure_parent_run(study, config)
+    parent_run_id = ensure_parent_run(study, config, created)
     # A killed worker's trial is failed (and re-queued) here, not only by `optimize`: with the
     # study's trials all finished no `optimize` runs, and the trial would stay RUNNING for good.
     optuna.storages.fail_stale_trials(study)
-    remaining = search.n_trials - finished_trials(study)
-    if remaining <= 0:
-        log.info("study %s already has %d finished trials", search.study, finished_trials(study))
+    if not budget_left(study, search):
+        log.info("study %s already has %d finished trials, %d epochs spent", search.study,
+                 finished_trials(study), epochs_spent(study))
         return study
     study.optimize(
-        Objective(config, data, parent_run_id), n_trials=remaining, timeout=search.timeout_seconds or None,
+        Objective(config, data, parent_run_id), n_trials=search.n_trials - finished_trials(study),
+        timeout=search.timeout_seconds or None,
         catch=(TrainingDiverged,),  # a diverging trial is recorded as failed; the study goes on
-        callbacks=[optuna.study.MaxTrialsCallback(search.n_trials, states=FINISHED_STATES)],
+        callbacks=[StudyBudget(search)],
         gc_after_trial=True,
     )
     return study
@@ -327,9 +453,9 @@ def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
     require_prepared(prepared)  # before any worker starts or the study is created
     # Create the storage, enqueue the candidates and open the parent run once, here: workers
     # starting together would race to create the schema and could enqueue a candidate twice.
-    study = open_study(search)
+    study, created = open_or_create_study(search)
     enqueue_candidates(study, search)
-    ensure_parent_run(study, config)
+    ensure_parent_run(study, config, created)
     threads = threads_per_worker(search.workers, config.train.threads)
     worker_config = dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
     log.info("study %s: %d workers of %d thread(s)", search.study, search.workers, threads)
@@ -347,37 +473,71 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
                      "val_accuracy": values[0] if values else None,
                      "parameters": trial.user_attrs.get("parameters"), "reason": trial.user_attrs.get("reason", ""),
                      "params": trial.params, "model_kwargs": trial.user_attrs.get("model_kwargs"),
-                     "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
-                     "seconds": trial.duration.total_seconds() if trial.duration else None})
+                     "training": trial.user_attrs.get("training"), "epochs": trial.user_attrs.get(EPOCHS_ATTR, 0),
+                     "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "enqueued": enqueued(trial),
+                     "seconds": trial.duration.total_seconds() if trial.duration else None,
+                     "completed": trial.datetime_complete.isoformat() if trial.datetime_complete else None})
     return rows
 
 
+def study_wall_seconds(study: optuna.Study) -> float:
+    """From the first trial's start to the last one's end (all workers and resumptions)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+    if not trials:
+        return 0.0
+    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+
+
+def enqueued(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial is a search.enqueue candidate (Optuna marks its fixed parameters)."""
+    return "fixed_params" in trial.system_attrs
+
+
 def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
-    """The best trial (single objective) or the Pareto front (accuracy up, parameters down)."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not complete:
-        return []
-    chosen = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+    """The sampler's best trial (single objective) or its Pareto front (accuracy up, parameters
+    down). Enqueued candidates are reference points, never the search's find."""
+    found = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+             if not enqueued(t)]
+    if len(study.directions) > 1:
+        chosen = [t for t in found if not any(dominates(u.values, t.values) for u in found)]
+    else:
+        chosen = [max(found, key=lambda t: t.values[0])] if found else []
     return [{"number": t.number, "val_accuracy": t.values[0], "parameters": t.user_attrs["parameters"],
-             "model_kwargs": t.user_attrs["model_kwargs"], "params": t.params} for t in chosen]
+             "model_kwargs": t.user_attrs["model_kwargs"], "training": t.user_attrs["training"],
+             "params": t.params} for t in chosen]
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    """(accuracy, parameters) ``a`` is at least as good as ``b`` in both and better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+IMPORTANCE_EVALUATOR = "PED-ANOVA on the negated validation accuracy (what leads to high accuracy)"
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances of the searched parameters for validation accuracy ({} if too few trials)."""
+    """PED-ANOVA importances of the searched parameters for *high* validation accuracy ({} if too
+    few trials): how much each parameter's distribution among the best 10% of trials differs from
+    its distribution over all of them. PED-ANOVA ranks what leads to *low* target values, so the
+    target is the accuracy negated; given the accuracy itself it would explain the worst trials."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) < 3:
         return {}
     try:
-        return dict(optuna.importance.get_param_importances(study, target=lambda t: t.values[0]))
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0]))
     except (RuntimeError, ValueError) as err:  # e.g. every trial had the same parameters
         log.warning("parameter importances unavailable: %s", err)
         return {}
 
 
-def write_summary(study: optuna.Study, path: Path, param_budget: int) -> dict[str, Any]:
-    summary = {"study": study.study_name, "param_budget": param_budget,
+def write_summary(study: optuna.Study, path: Path, search: SearchConfig) -> dict[str, Any]:
+    summary = {"study": study.study_name, "param_budget": search.param_budget, "sampler": search.sampler,
+               "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
+               "epochs_spent": epochs_spent(study), "wall_seconds": study_wall_seconds(study),
                "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),
                "best": best_trials(study), "importances": param_importances(study),
+               "importance_evaluator": IMPORTANCE_EVALUATOR,
                "states": {s.name: len(study.get_trials(deepcopy=False, states=(s,)))
                           for s in optuna.trial.TrialState}}
     path.parent.mkdir(parents=True, exist_ok=True)

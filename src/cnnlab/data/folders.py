@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..images import fit_square
 from .base import DatasetError, RawDataset, SourceContext, manifest_checksum, verify_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -24,12 +25,7 @@ DEFAULT_FOLDER_IMAGE_SIZE = 224  # ImageNet-pretrained backbones expect about th
 def load_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            scale = size / min(img.size)
-            resized = img.resize((max(size, round(img.width * scale)), max(size, round(img.height * scale))),
-                                 Image.Resampling.BILINEAR)
-            left, top = (resized.width - size) // 2, (resized.height - size) // 2
-            return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return np.asarray(fit_square(img, size), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
         raise DatasetError(f"cannot decode image {path} ({err}); remove or replace the file") from err
 

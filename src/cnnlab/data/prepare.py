@@ -108,17 +108,24 @@ def load_prepared(path: str | Path) -> PreparedData:
     if stored is not None and content_sha256(payload) != stored:
         raise DatasetError(f"{path}: its content no longer matches the {PAYLOAD_HASH} stored when it was prepared; "
                            f"the file is corrupt; {fix}")
-    return data
+    # The file's identity travels with the data: runs record it as their input's digest.
+    return replace(data, provenance={**data.provenance, PAYLOAD_HASH: stored or ""})
 
 
-def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, seed: int = 0) -> PreparedData:
-    """The classes named (relabelled 0.. in the order given) and a stratified training subset.
+def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, seed: int = 0,
+                labelled_budget: int = 0, budget_val_fraction: float = 0.2) -> PreparedData:
+    """The classes named (relabelled 0.. in the order given) and a stratified training subset,
+    or, with ``labelled_budget``, that many labelled images in all, split (stratified) into
+    training and a validation split that replaces the prepared one.
 
     Normalisation statistics stay those of the whole prepared training split, so a network
     pre-trained on one view of a dataset sees the next view on the same scale.
     """
-    if not classes and not train_subset:
+    if not classes and not train_subset and not labelled_budget:
         return data
+    if train_subset and labelled_budget:
+        raise DatasetError(f"data.labelled_budget={labelled_budget} and data.train_subset={train_subset} both set "
+                           "how many labelled images a run sees; set one (the other to 0)")
     view = data
     if classes:
         unknown = [c for c in classes if c not in data.classes]
@@ -143,15 +150,41 @@ def select_view(data: PreparedData, classes: list[str], train_subset: int = 0, s
                                "training samples; lower it or set 0 to keep all")
         kept = torch.from_numpy(stratified_split(view.y_train, train_subset, seed)[0])
         view = replace(view, x_train=view.x_train[kept], y_train=view.y_train[kept])
-    provenance = dict(view.provenance, view={"classes": list(classes), "train_subset": train_subset, "seed": seed})
-    return replace(view, provenance=provenance)
+    details = {"classes": list(classes), "train_subset": train_subset, "seed": seed}
+    if labelled_budget:
+        view = budget_view(view, labelled_budget, budget_val_fraction, seed)
+        details.update(labelled_budget=labelled_budget, budget_val_fraction=budget_val_fraction,
+                       train=len(view.y_train), val=len(view.y_val))
+    return replace(view, provenance=dict(view.provenance, view=details))
+
+
+def budget_view(view: PreparedData, budget: int, val_fraction: float, seed: int) -> PreparedData:
+    """``budget`` labelled images drawn (stratified) from the view's training split, then split
+    (stratified) into training and validation; the prepared validation split is dropped, so
+    nothing outside the budget chooses the model."""
+    classes = view.num_classes
+    n_val = round(budget * val_fraction)
+    n_train = budget - n_val
+    if budget > len(view.y_train):
+        raise DatasetError(f"data.labelled_budget={budget} but the view has only {len(view.y_train)} training "
+                           "samples; lower it")
+    if min(n_train, n_val) < classes:
+        raise DatasetError(f"data.labelled_budget={budget} with data.budget_val_fraction={val_fraction} gives "
+                           f"{n_train} training and {n_val} validation images; each needs at least one per class "
+                           f"({classes}); raise the budget or change the fraction")
+    drawn = (torch.from_numpy(stratified_split(view.y_train, budget, seed)[0]) if budget < len(view.y_train)
+             else torch.arange(len(view.y_train)))
+    train_part, val_part = stratified_split(view.y_train[drawn], n_train, seed)
+    train_idx, val_idx = drawn[torch.from_numpy(train_part)], drawn[torch.from_numpy(val_part)]
+    return replace(view, x_train=view.x_train[train_idx], y_train=view.y_train[train_idx],
+                   x_val=view.x_train[val_idx], y_val=view.y_train[val_idx])
 
 
 def load_view(path: str | Path, data_config) -> PreparedData:
-    """The prepared dataset at ``path`` seen through ``data.classes`` and ``data.train_subset``:
-    what every stage of an experiment trains and evaluates on."""
+    """The prepared dataset at ``path`` seen through ``data.classes``, ``data.train_subset`` and
+    ``data.labelled_budget``: what every stage of an experiment trains and evaluates on."""
     return select_view(load_prepared(path), list(data_config.classes), data_config.train_subset,
-                       data_config.split_seed)
+                       data_config.split_seed, data_config.labelled_budget, data_config.budget_val_fraction)
 
 
 def summarize(data: PreparedData) -> dict[str, Any]:

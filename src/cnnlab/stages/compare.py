@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ..compare import Row, experiment_row, format_markdown
+import json
+
+from ..compare import Row, experiment_row, format_freeze_sweep, format_markdown
 from ..config import Config, catalogue_for, load_config
-from ..contract import comparison_files
+from ..contract import RunFiles, comparison_files
 from ..data import DatasetError, SourceContext, load_raw
 from ..files import write_json
 
@@ -24,12 +26,17 @@ def compare(config: Config, tolerance: float, params: str = "params.yaml", overr
         return availability[dataset]
 
     catalogue = catalogue_for(params)
-    rows = [experiment_row(load_config(params, [*overrides, f"experiment={name}"]), catalogue.reference(name),
-                           tolerance, why_missing) for name in catalogue.experiments()
-            if catalogue.pipeline(name) != "demo"]
+    configs = {name: load_config(params, [*overrides, f"experiment={name}"]) for name in catalogue.experiments()
+               if catalogue.pipeline(name) != "demo"}
+    rows = [experiment_row(config, catalogue.reference(name), tolerance, why_missing)
+            for name, config in configs.items()]
     json_path, table_path = comparison_files(config)
     write_json(json_path, [{**row.__dict__, "proxy": row.proxy} for row in rows])
     table = format_markdown(rows, tolerance)
+    for experiment in configs.values():  # each freeze sweep run (E6), from its freeze_sweep.json
+        sweep_path = RunFiles.of(experiment).freeze_sweep
+        if sweep_path.exists():
+            table += "\n" + format_freeze_sweep(json.loads(sweep_path.read_text()))
     table_path.write_text(table)
     print(table)
     return rows

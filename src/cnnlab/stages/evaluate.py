@@ -44,6 +44,7 @@ def evaluate(config: Config) -> dict[str, Any]:
     tracker.log_metrics({k: report[k] for k in ("test_accuracy", "test_loss", "test_errors",
                                                  "test_accuracy_without_tta") if k in report})
     tracker.log_artifact(files.eval)
+    tracker.log_data(data, ["test"])
     print(f"test accuracy {report['test_accuracy']:.4f} ({report['test_errors']} errors of "
           f"{report['test_samples']}); most confused: "
           + ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})" for p in report["most_confused"][:3]))

@@ -1,4 +1,5 @@
-"""``cnnlab export``: the best checkpoint as ONNX, checked against PyTorch with onnxruntime."""
+"""``cnnlab export``: the best checkpoint as ONNX with its model card (what ``cnnlab predict`` needs),
+checked against PyTorch with onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ..contract import RunFiles
 from ..data import load_view
 from ..export import ParityError, ParityReport, export_onnx, onnx_parity
 from ..files import write_json
+from ..modelcard import ModelCard
 from ..tracking import reopen_run
 
 
@@ -16,8 +18,10 @@ def export(config: Config) -> ParityReport:
     files = RunFiles.of(config)
     payload = load_checkpoint(files.best)
     module = inference_model(payload)
-    export_onnx(module, tuple(payload["input_shape"]), files.onnx, config.export.opset)
     data = load_view(files.prepared, config.data)
+    # Only the image-folder readers record an image_size: their photos were fitted to it.
+    card = ModelCard.for_training(payload, data.name, "image_size" in data.provenance)
+    export_onnx(module, tuple(payload["input_shape"]), files.onnx, config.export.opset, card.to_metadata())
     parity = onnx_parity(module, files.onnx, data.x_test, config.export.max_abs_diff,
                          config.export.min_argmax_agreement)
     write_json(files.parity, parity.to_dict())

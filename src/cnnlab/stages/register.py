@@ -1,4 +1,4 @@
-"""``cnnlab register``: the run's logged model as a registry version, the alias on the best."""
+"""``cnnlab register``: the run's logged model as a registry version, the alias on the best validation score."""
 
 from __future__ import annotations
 
@@ -28,19 +28,21 @@ def register(config: Config) -> dict[str, Any]:
                            f"{files.parity} records {parity.get('onnx_sha256') or 'none'}); it changed or is "
                            "corrupt: run `cnnlab export` again")
     evaluation = read_json(files.eval, "evaluate")
+    validation = read_json(files.train_metrics, "train")["best_val_accuracy"]
     tracker = reopen_run(config, files.run_info, "cnnlab register")
     model_uri = tracker.client.get_run(tracker.run_id).data.tags.get("model.uri")
     if not model_uri:
         raise RuntimeError(f"MLflow run {tracker.run_id} has no logged model (tracking.log_model was false "
                            "when it trained); retrain with -S tracking.log_model=true")
     name = registered_name(config)
-    record = register_model(tracker, model_uri, name, config.tracking.alias, "test_accuracy",
-                            evaluation["test_accuracy"], {"onnx_parity": "passed", "run_id": tracker.run_id,
-                                                          "onnx_sha256": onnx_sha256},
+    # The alias goes to the best validation score: test accuracy is a tag, reported, never chosen on.
+    record = register_model(tracker, model_uri, name, config.tracking.alias, "best_val_accuracy", validation,
+                            {"onnx_parity": "passed", "run_id": tracker.run_id, "onnx_sha256": onnx_sha256,
+                             "test_accuracy": str(evaluation["test_accuracy"])},
                             load_checkpoint(files.best)["weights_sha256"])
     write_json(files.registered, record)
     moved = f"alias '{record['alias']}' -> v{record['version']}" if record["alias_moved"] else \
         f"alias '{record['alias']}' stays on v{record['previous_alias_version']} (scores higher)"
     print(f"{'registered' if record['created'] else 'already registered:'} {name} v{record['version']} "
-          f"(test accuracy {evaluation['test_accuracy']:.4f}); {moved}")
+          f"(validation accuracy {validation:.4f}, test {evaluation['test_accuracy']:.4f}); {moved}")
     return record

@@ -17,6 +17,7 @@ from ..analysis import format_layer_table
 from ..config import Config
 from ..contract import RunFiles
 from ..files import read_json
+from ..selection import pick_by_validation
 from ..tracking import reopen_run
 
 
@@ -54,13 +55,20 @@ def report(config: Config) -> list[Path]:
     tracker = reopen_run(config, files.run_info, "cnnlab report")
     tracker.log_artifacts(figures, "figures")
     tracker.log_artifacts([files.report, files.layers])
+    tracker.set_description(summary(files.report.read_text()))
     print(f"report: {files.report} with {len(figures)} figures")
     return figures
 
 
+def summary(report_text: str) -> str:
+    """The report up to its first section: the title and the headline bullets, the run's
+    description in MLflow."""
+    return report_text.split("\n## ", 1)[0].strip() + "\n"
+
+
 def render_report(title: str, settings: dict[str, Any], train: dict[str, Any], history: list[dict[str, Any]],
                   evaluation: dict[str, Any], figures: list[Path], layer_table: str) -> str:
-    best = max(history, key=lambda h: h["val_accuracy"])
+    best = pick_by_validation(history)  # the epoch fit chose for best.pt
     model, data, recipe = settings["model"], settings["data"], settings["train"]
     lines = [
         f"# {title}", "",
@@ -68,6 +76,7 @@ def render_report(title: str, settings: dict[str, Any], train: dict[str, Any], h
         f"{train['trainable_parameters']:,d} trainable",
         f"- data: `{data['name']}` from {train['data_source']} (sha256 {train['data_sha256'][:12]}…)"
         + (" — **embedded 5,000-digit subset**" if train["data_embedded"] else ""),
+        *labelled_lines(train),
         f"- training: {len(history)} epochs, {recipe['optimizer']} lr {recipe['lr']}, batch "
         f"{recipe['batch_size']}, {train['runtime']}, {train['wall_seconds']:.0f} s",
         f"- best validation accuracy **{best['val_accuracy']:.4f}** at epoch {best['epoch']}",
@@ -83,3 +92,15 @@ def render_report(title: str, settings: dict[str, Any], train: dict[str, Any], h
     lines += ["", "## Layers", "", layer_table, "", "## Figures", ""]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def labelled_lines(train: dict[str, Any]) -> list[str]:
+    """How many labelled images trained and how many chose the checkpoint (runs recorded since
+    train_metrics.json counts them)."""
+    if "train_images" not in train:
+        return []
+    budget = train.get("labelled_budget", 0)
+    where = (f"a labelled budget of {budget:,d} in all" if budget
+             else "the validation split the prepare stage set aside")
+    return [f"- labelled images: {train['train_images']:,d} trained, {train['val_images']:,d} chose the best "
+            f"epoch ({where})"]

@@ -9,6 +9,7 @@ from typing import Any
 from ..config import Config, ModelConfig
 from ..contract import RunFiles, StudyFiles, winner_name
 from ..files import read_json
+from ..selection import pick_by_validation
 from .export import export
 from .register import register
 from .seeds import seeds
@@ -25,7 +26,7 @@ def search(config: Config) -> dict[str, Any]:
     except BaseException as err:
         end_parent_run(config, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", describe_exit(err))
         raise
-    summary = write_summary(study, StudyFiles.of(config).search_summary, config.search.param_budget)
+    summary = write_summary(study, StudyFiles.of(config).search_summary, config.search)
     end_parent_run(config, "FINISHED")
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
     print(f"study {study.study_name}: {states}")
@@ -57,11 +58,18 @@ def search_report(config: Config) -> list[Path]:
 
 
 def winner_config(config: Config, best: dict[str, Any]) -> Config:
-    """The experiment's full training recipe with the search winner's architecture and optimizer."""
-    train = dataclasses.replace(config.train, optimizer=best["params"]["optimizer"], lr=best["params"]["lr"],
-                                batch_size=best["params"]["batch_size"])
-    return dataclasses.replace(config, run=winner_name(config.search.study), train=train,
+    """The experiment's training (its epochs, augmentation, TTA) with the search winner's
+    architecture and searched recipe."""
+    from ..search import with_recipe
+
+    return dataclasses.replace(config, run=winner_name(config.search.study),
+                               train=with_recipe(config.train, best["training"]),
                                model=ModelConfig("search_cnn", best["model_kwargs"]))
+
+
+def chosen_seed_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed to export and register: the best on validation (its test accuracy is reported only)."""
+    return pick_by_validation(runs, "best_val_accuracy", "best_val_loss")
 
 
 def retrain_best(config: Config) -> dict[str, Any]:
@@ -72,7 +80,7 @@ def retrain_best(config: Config) -> dict[str, Any]:
     summary = read_json(StudyFiles.of(config).search_summary, "search")
     if not summary["best"]:
         raise RuntimeError(f"study {config.search.study} has no complete trial yet; run `cnnlab search` longer")
-    best = max(summary["best"], key=lambda b: b["val_accuracy"])  # Pareto front: its most accurate member
+    best = pick_by_validation(summary["best"], "val_accuracy", loss=None)  # Pareto front: its most accurate
     parameters = count_for(best["model_kwargs"])
     if parameters > config.search.param_budget:
         raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "
@@ -81,7 +89,7 @@ def retrain_best(config: Config) -> dict[str, Any]:
     print(f"retraining trial {best['number']} ({parameters:,d} parameters) as {winner.name} "
           f"with seeds {winner.seeds}", flush=True)
     result = seeds(winner)
-    chosen_seed = max(result["runs"], key=lambda r: r["best_val_accuracy"])["seed"]
+    chosen_seed = chosen_seed_run(result["runs"])["seed"]
     tracking = dataclasses.replace(winner.tracking, registered_model=winner.name.replace("_", "-"))
     chosen = dataclasses.replace(winner, run=f"{winner.name}/seed{chosen_seed}", tracking=tracking)
     export(chosen)

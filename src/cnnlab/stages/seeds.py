@@ -11,6 +11,7 @@ from ..contract import RunFiles
 from ..files import write_json
 from ..metrics import mean_std
 from ..parallel import run_jobs, threads_per_worker
+from ..runtime import machine
 from .evaluate import evaluate
 from .train import train
 
@@ -22,6 +23,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     evaluation = evaluate(config)
     return {"seed": config.train.seed, "test_accuracy": evaluation["test_accuracy"],
             "best_val_accuracy": trained.metrics["best_val_accuracy"],
+            "best_val_loss": trained.metrics["best_val_loss"],
             "wall_seconds": trained.metrics["wall_seconds"],
             "total_parameters": trained.metrics["total_parameters"], "run_id": trained.run_id}
 
@@ -49,7 +51,7 @@ def seeds(config: Config) -> dict[str, Any]:
     summary = {"experiment": config.name, "seeds": config.seeds, "test_accuracy_mean": mean,
                "test_accuracy_std": std, "wall_seconds_mean": mean_std([r["wall_seconds"] for r in runs])[0],
                "seed_workers": workers, "wall_seconds_total": time.perf_counter() - started,
-               "total_parameters": runs[0]["total_parameters"], "runs": runs}
+               "total_parameters": runs[0]["total_parameters"], "machine": machine(), "runs": runs}
     write_json(RunFiles.of(config).seeds, summary)
     print(f"{config.name}: test accuracy {100 * mean:.2f} ± {100 * std:.2f} % over seeds {config.seeds}")
     return summary

@@ -1,4 +1,5 @@
-"""``cnnlab train``: build the network, fit it, record the run in MLflow and in files."""
+"""``cnnlab train``: build the network, fit it, record the run in MLflow and in files. Under
+torchrun every rank fits and rank 0 alone records (``cnnlab.distributed``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from ..checkpoint import load_checkpoint
 from ..config import Config, save_config
 from ..contract import RunFiles
 from ..data import PreparedData, load_view
+from ..distributed import SINGLE, Ranks, check_config, process_group, ranks_from_env
 from ..files import write_json
 from ..lifecycle import exit_signal, owner_tags
 from ..models import total_parameters, trainable_parameters
+from ..runtime import resolve_runtime
 from ..train import FitResult, fit
 from ..tracking import RunTracker, mark_dead_runs_of, provenance_tags, resumable_run
 
@@ -39,12 +42,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def train(config: Config) -> TrainResult:
+    ranks = ranks_from_env()
+    device = resolve_runtime(config.train.device, config.train.precision).device
+    check_config(config, ranks, device)
+    with process_group(ranks, device):
+        return train_on_ranks(config, ranks)
+
+
+def train_on_ranks(config: Config, ranks: Ranks = SINGLE) -> TrainResult:
+    """Every rank fits; rank 0 (the only one of a single process) opens the run and writes files.
+    Another rank returns no metrics and no run id."""
     files = RunFiles.of(config)
     data = load_view(files.prepared, config.data)
     start = build_model(config, data)
+    if not ranks.is_main:
+        fit(config, data, start, ranks=ranks)
+        return TrainResult(metrics={}, run_id="")
     started = time.time()
     counts = {"total_parameters": total_parameters(start.model), "trainable_parameters": trainable_parameters(start.model)}
-    tracker = open_run(config, data, start)  # the store answered: from here on files may change
+    tracker = open_run(config, data, start, ranks)  # the store answered: from here on files may change
     save_config(config, files.config)
     files.run_info.unlink(missing_ok=True)  # the previous run's pointer: later stages must not log into it
     print(f"training {start.model_name} ({counts['total_parameters']:,d} parameters, "
@@ -53,8 +69,9 @@ def train(config: Config) -> TrainResult:
     try:
         with tracker.running():  # whatever ends it, the run ends with a status and the reason
             tracker.log_config(config, counts)
+            tracker.log_data(data, ["train", "val"])
             tracker.log_artifacts([files.config, files.data_summary])
-            result = fit(config, data, start, tracker, run_id=tracker.run_id)
+            result = fit(config, data, start, tracker, run_id=tracker.run_id, ranks=ranks)
             metrics = record_results(config, data, files, tracker, result)
             tracker.set_terminated("FINISHED")
     except KeyboardInterrupt as err:
@@ -65,13 +82,14 @@ def train(config: Config) -> TrainResult:
     return TrainResult(metrics, tracker.run_id)
 
 
-def open_run(config: Config, data: PreparedData, start: ModelStart) -> RunTracker:
+def open_run(config: Config, data: PreparedData, start: ModelStart, ranks: Ranks = SINGLE) -> RunTracker:
     """The MLflow run this training logs into, once runs of its name whose process died are
     marked FAILED: under `mlflow run`, the run MLflow created; resuming an interrupted run's
     last.pt, that run again (same id, its metric steps go on); otherwise a new run, linked by
     ``cnnlab.resumed_from_run`` to the one whose checkpoint it resumes."""
     mark_dead_runs_of(config, "cnnlab train")
-    tags = {**provenance_tags(config, data.provenance), **owner_tags()}  # owned from its first moment
+    tags = {**provenance_tags(config, data.provenance), **owner_tags(),  # owned (by rank 0) from its first moment
+            "cnnlab.ranks": str(ranks.world_size)}
     previous = (start.resumed or {}).get("mlflow_run_id", "")
     run_id = os.environ.get("MLFLOW_RUN_ID") or resumable_run(config, previous)
     if config.train.resume_from:
@@ -79,7 +97,7 @@ def open_run(config: Config, data: PreparedData, start: ModelStart) -> RunTracke
         tags["cnnlab.resumed_at_epoch"] = str(start.start_epoch)
     if previous and run_id != previous:
         tags["cnnlab.resumed_from_run"] = previous
-    tracker = RunTracker(config, run_id=run_id, run_name=config.name, tags=tags)
+    tracker = RunTracker(config, run_id=run_id, run_name=config.name, tags=tags, command="train")
     if previous and tracker.run_id == previous:
         tracker.reopen()
         tracker.log_missing_epochs(start.resumed["history"])
@@ -89,8 +107,10 @@ def open_run(config: Config, data: PreparedData, start: ModelStart) -> RunTracke
 def record_results(config: Config, data: PreparedData, files: RunFiles, tracker: RunTracker,
                    result: FitResult) -> dict[str, Any]:
     """train_metrics.json, history.json and batch_losses.json, and the same in the MLflow run."""
+    best = next(h for h in result.history if h["epoch"] == result.best_epoch)
     metrics = {
-        "best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy, "best_val_loss": best["val_loss"],
+        "best_epoch": result.best_epoch,
         "final_val_accuracy": result.history[-1]["val_accuracy"], "epochs": len(result.history),
         "trainable_parameters": result.trainable_parameters, "total_parameters": result.total_parameters,
         "wall_seconds": result.wall_seconds, "runtime": result.runtime,
@@ -101,6 +121,9 @@ def record_results(config: Config, data: PreparedData, files: RunFiles, tracker:
         **generalisation_gaps(result.history, result.best_epoch),
         "transfer_policy": config.transfer.policy, "transfer_plan": result.transfer.get("plan", ""),
         "frozen_parameters": result.transfer.get("frozen_parameters", 0),
+        # The labels this run saw: the images it trained on and those that chose its best epoch.
+        "train_images": len(data.y_train), "val_images": len(data.y_val),
+        "labelled_budget": config.data.labelled_budget,
     }
     write_json(files.history, result.history)
     write_json(files.batch_losses, result.batch_losses)
@@ -138,6 +161,8 @@ def generalisation_gaps(history: list[dict[str, float]], epoch: int) -> dict[str
 
 
 def log_model(tracker: RunTracker, best_path: Path, data: PreparedData) -> str:
+    """best.pt as the run's pyfunc model (pyfunc_model.py: float32 N x C x H x W in [0, 1] in,
+    float32 N x classes probabilities out)."""
     import torch
 
     from ..checkpoint import inference_model
@@ -145,5 +170,5 @@ def log_model(tracker: RunTracker, best_path: Path, data: PreparedData) -> str:
     module = inference_model(load_checkpoint(best_path))
     example = data.x_val[:4].float() / 255.0
     with torch.no_grad():
-        output = module(example).numpy()
-    return tracker.log_pytorch_model(module, example.numpy(), output)
+        probabilities = torch.softmax(module(example).float(), dim=1).numpy()
+    return tracker.log_checkpoint_model(best_path, example.numpy(), probabilities)

