@@ -66,7 +66,8 @@ def covered_by_code(path: str, code: set[str]) -> bool:
 
 # Every stage, in an order where each finds what it reads; overrides shrink it to seconds.
 PROBES = ("prepare", "train", "evaluate", "analyze", "report", "export", "register", "seeds", "freeze_sweep",
-          "search", "search_report", "retrain_best", "search_compare", "separability", "compare")
+          "search", "search_report", "retrain_best", "search_control", "retrain_control", "search_compare",
+          "separability", "compare")
 
 
 @pytest.mark.slow
@@ -86,7 +87,8 @@ def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, datasets_
         "search.space.stages=[2, 2]", "search.space.widths=[8]", "search.space.block_styles=[plain]",
         f"transfer.init_from={tmp_path / 'models' / 'e1_mnist_simple_cnn' / 'best.pt'}", "transfer.sweep_k=[0, 1]",
     ]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    # the probe module beside whatever the runner already imports cnnlab from (a worktree's src/)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     # freeze_sweep alone fine-tunes from a checkpoint: the others train from scratch
     plan = [{"stage": name, "out": str(tmp_path / f"{name}.json"), "params": str(params), "group": "probe",
              "overrides": [a for a in overrides if name == "freeze_sweep" or not a.startswith("transfer.")]}

@@ -376,7 +376,7 @@ def test_an_enqueued_candidate_is_never_the_search_s_find():
 
 
 @pytest.mark.slow
-def test_search_compare_runs_random_search_at_the_same_budget_and_the_hand_designed_model(
+def test_search_compare_holds_the_study_against_random_search_and_the_hand_designed_model(
         search_config, mnist_small, tmp_path, tracking_uri, capsys):
     from cnnlab.cli import main
 
@@ -389,7 +389,7 @@ def test_search_compare_runs_random_search_at_the_same_budget_and_the_hand_desig
             "search.n_trials=20", "search.epoch_budget=2", "search.enqueue=[]", *TINY_SPACE,
             f"data.prepared_dir={tmp_path / 'prepared'}", "seeds=[0, 1]", "train.epochs=1", "train.progress=false",
             "data.train_subset=600", "model.name=search_cnn", "model.kwargs={widths: [8, 16]}", "run=hand"]
-    for command in ("search", "retrain-best", "search-compare"):
+    for command in ("search", "retrain-best", "search-control", "retrain-control", "seeds", "search-compare"):
         assert main([command, *args]) == 0, command
     study = config.search.study
     comparison = json.loads((tmp_path / "outputs" / study / "search_comparison.json").read_text())
@@ -402,7 +402,8 @@ def test_search_compare_runs_random_search_at_the_same_budget_and_the_hand_desig
         gain = 100 * (arm["retrained"]["test_accuracy_mean"] - hand["retrained"]["test_accuracy_mean"])
         assert comparison["gain_over_hand_designed_pp"][arm["arm"]] == pytest.approx(gain)
         assert arm["winner"]["parameters"] <= comparison["param_budget"]
-    assert (tmp_path / "outputs" / f"{study}_baseline" / "seeds.json").exists()
+    hand_seeds = json.loads((tmp_path / "outputs" / "hand" / "seeds.json").read_text())
+    assert hand["retrained"]["test_accuracy_mean"] == pytest.approx(hand_seeds["test_accuracy_mean"])
     assert (tmp_path / "outputs" / study / "search_comparison.png").stat().st_size > 10_000
     parent = json.loads((tmp_path / "outputs" / study / "search.json").read_text())["mlflow_parent_run_id"]
     logged = MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent, "search_comparison")
@@ -411,3 +412,7 @@ def test_search_compare_runs_random_search_at_the_same_budget_and_the_hand_desig
     assert "| hand-designed |" in capsys.readouterr().out
     assert main(["search-compare", *args, "-S", "search.epoch_budget=0"]) == 2
     assert "set search.epoch_budget" in capsys.readouterr().err
+    # an arm from other settings (here: other seeds) is named, never compared
+    assert main(["search-compare", *args, "-S", "seeds=[0, 1, 2]"]) == 2
+    err = capsys.readouterr().err
+    assert "tpe was retrained with seeds [0, 1]" in err and "hand-designed was retrained" in err

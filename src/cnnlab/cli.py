@@ -138,7 +138,7 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
     "models": (cmd_models, "registered models with their parameter counts"),
     **{name: (run_stage(name), stage(name).summary) for name in PIPELINE},
     "pipeline": (cmd_pipeline, "run prepare..register in order without DVC"),
-    # seeds, search, search-report, retrain-best, search-compare, freeze-sweep
+    # seeds, search, search-report, retrain-best, search-control, retrain-control, search-compare, freeze-sweep
     **{name.replace("_", "-"): (run_stage(name), stage(name).summary) for name in SWEEPS
        if name not in ("compare", "separability")},
     "compare": (cmd_compare, stage("compare").summary),

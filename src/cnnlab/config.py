@@ -248,6 +248,11 @@ class SearchSpaceConfig:
         default_factory=lambda: ["onecycle", "cosine"])
 
 
+# tpe: Optuna's Tree-structured Parzen Estimator; random: the control a search must beat.
+Sampler = Literal["tpe", "random"]
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+
+
 @dataclass
 class SearchConfig:
     study: str = "e5_search"
@@ -262,8 +267,7 @@ class SearchConfig:
     param_budget: Annotated[int, Ge(1)] = 150000  # hard: an over-budget model is never trained
     budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
     sampler_seed: Seed = 0
-    # tpe: Optuna's Tree-structured Parzen Estimator; random: the baseline a search must beat.
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Sampler = "tpe"  # `cnnlab search-control` runs the other one
     # On per-epoch validation accuracy. hyperband: successive halving with epochs as the resource,
     # from min_trial_epochs up to trial_epochs, keeping 1/reduction_factor at each rung.
     pruner: Literal["median", "hyperband", "none"] = "median"

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from .config import SAMPLERS, Config
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 SOURCE_PREFIX = "src/cnnlab"  # the package's path in the repository, as dvc.yaml names it
@@ -94,25 +94,39 @@ class StudyFiles:
     search_figures: Path
     winner_models: Path
     winner_seeds: Path
-    search_comparison: Path  # `cnnlab search-compare`: the samplers and the hand-designed candidate
+    search_comparison: Path  # `cnnlab search-compare`: both samplers and the hand-designed candidate
     search_comparison_figure: Path
 
     @classmethod
     def of(cls, config: Config) -> "StudyFiles":
-        study = config.search.study
-        return cls(search_summary=Path(config.outputs_dir) / study / "search.json",
-                   search_figures=Path(config.outputs_dir) / study / "search_figures",
+        study, outputs = config.search.study, Path(config.outputs_dir)
+        return cls(search_summary=outputs / study / "search.json",
+                   search_figures=outputs / study / "search_figures",
                    winner_models=Path(config.models_dir) / winner_name(study),
-                   winner_seeds=Path(config.outputs_dir) / winner_name(study) / "seeds.json",
-                   search_comparison=Path(config.outputs_dir) / study / "search_comparison.json",
-                   search_comparison_figure=Path(config.outputs_dir) / study / "search_comparison.png")
+                   winner_seeds=outputs / winner_name(study) / "seeds.json",
+                   search_comparison=outputs / study / "search_comparison.json",
+                   search_comparison_figure=outputs / study / "search_comparison.png")
+
+
+@dataclass(frozen=True)
+class ControlFiles:
+    """The files of a study's control: the same settings searched by the other sampler."""
+
+    control_summary: Path  # `cnnlab search-control`: its search.json
+    control_winner_seeds: Path  # `cnnlab retrain-control`: its winner retrained over the seeds
+
+    @classmethod
+    def of(cls, config: Config) -> "ControlFiles":
+        control = control_study(config.search.study, config.search.sampler)
+        return cls(control_summary=Path(config.outputs_dir) / control / "search.json",
+                   control_winner_seeds=Path(config.outputs_dir) / winner_name(control) / "seeds.json")
 
 
 def file_path(config: Config, name: str) -> Path:
-    """A RunFiles or StudyFiles field of ``config``'s run by name."""
-    for files in (RunFiles.of(config), StudyFiles.of(config)):
-        if hasattr(files, name):
-            return getattr(files, name)
+    """A RunFiles, StudyFiles or ControlFiles field of ``config``'s run by name."""
+    for layout in (RunFiles, StudyFiles, ControlFiles):
+        if name in {field.name for field in dataclasses.fields(layout)}:
+            return getattr(layout.of(config), name)
     raise KeyError(f"no file named {name!r} in the output layout")
 
 
@@ -121,14 +135,14 @@ def winner_name(study: str) -> str:
     return f"{study}_winner"
 
 
-def sampler_study(study: str, sampler: str) -> str:
-    """The study `cnnlab search-compare` runs with another sampler at the same epoch budget."""
-    return f"{study}_{sampler}"
+def control_sampler(sampler: str) -> str:
+    """The sampler a study is held against at the same epoch budget: the other one (TPE <-> random)."""
+    return next(other for other in SAMPLERS if other != sampler)
 
 
-def baseline_name(study: str) -> str:
-    """The run name of the study's hand-designed candidate (the entry's own model), retrained."""
-    return f"{study}_baseline"
+def control_study(study: str, sampler: str) -> str:
+    """The name of ``study``'s control: the same settings searched by the other sampler."""
+    return f"{study}_{control_sampler(sampler)}"
 
 
 def comparison_files(config: Config) -> tuple[Path, Path]:
@@ -315,10 +329,22 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
           reads=("seeds", "search.study", "search.param_budget", *TRAINING_READS, "export", "tracking"),
           inputs=("search_summary", "prepared"),
           outputs=(Output("winner_models"), Output("winner_seeds", cache=False, role="metric"))),
+    Stage("search_control", "stages.search_compare", "search_control",
+          "the same study with the other sampler (TPE <-> random) at the same epoch budget, no enqueued trial",
+          reads=("search", *TRAINING_READS), inputs=("prepared",),
+          outputs=(Output("control_summary", cache=False),)),
+    Stage("retrain_control", "stages.search_compare", "retrain_control",
+          "retrain the control study's winner over the seeds, as retrain-best does the study's own",
+          reads=("seeds", "search.study", "search.sampler", "search.param_budget", *TRAINING_READS,
+                 "train.eval_batch_size"),
+          inputs=("control_summary", "prepared"),
+          outputs=(Output("control_winner_seeds", cache=False, role="metric"),)),
     Stage("search_compare", "stages.search_compare", "search_compare",
-          "the other sampler at the same epoch budget and the hand-designed candidate, each retrained over the seeds",
-          reads=("seeds", "search", *TRAINING_READS, "train.eval_batch_size"),
-          inputs=("search_summary", "winner_seeds", "prepared"),
+          "table + plot: both samplers' retrained winners against the hand-designed model (its `seeds`)",
+          # PREPARED_PATH: the hand-designed run's seeds.json is found through RunFiles, which reads it
+          reads=("seeds", "search.study", "search.sampler", "search.epoch_budget", "search.param_budget",
+                 "train.epochs", "model.kwargs", *PREPARED_PATH),
+          inputs=("search_summary", "winner_seeds", "control_summary", "control_winner_seeds", "seeds"),
           outputs=(Output("search_comparison", cache=False, role="metric"),
                    Output("search_comparison_figure", cache=False, role="plot"))),
     Stage("seeds", "stages.seeds", "seeds", "train + evaluate once per seed in `seeds`; writes mean ± std",

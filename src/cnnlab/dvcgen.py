@@ -25,7 +25,11 @@ DEMO_DVC = "demo/dvc.yaml"
 # Reference groups whose members get a separability figure (E8 compares policies on one map).
 SEPARABILITY_GROUPS = ("e8",)
 # Catalogue entries that also run a sweep over their own settings.
-ENTRY_SWEEPS = {"e1_fast": ("seeds",), "e5_search": ("search", "search_report", "retrain_best", "search_compare"),
+# E5's three arms (its study, the other sampler's, its hand-designed model over the seeds) are
+# stages of their own, so each is cached and resumed apart from the others.
+ENTRY_SWEEPS = {"e1_fast": ("seeds",),
+                "e5_search": ("search", "search_report", "retrain_best", "search_control", "retrain_control",
+                              "seeds", "search_compare"),
                 "e6_finetune": ("freeze_sweep",)}
 
 MAIN_HEADER = """\

@@ -72,9 +72,9 @@ def chosen_seed_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return pick_by_validation(runs, "best_val_accuracy", "best_val_loss")
 
 
-def retrain_best(config: Config) -> dict[str, Any]:
-    """Retrain the best trial with every seed, then export and register the seed with the best
-    validation accuracy (test accuracy is reported, never used to choose)."""
+def retrained_winner(config: Config) -> Config:
+    """The study's winner (chosen on validation) as a run to retrain over the seeds; refuses
+    one over the parameter budget."""
     from ..models.searchable import count_for
 
     summary = read_json(StudyFiles.of(config).search_summary, "search")
@@ -86,8 +86,15 @@ def retrain_best(config: Config) -> dict[str, Any]:
         raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "
                            f"{config.search.param_budget:,d}; refusing to train it")
     winner = winner_config(config, best)
-    print(f"retraining trial {best['number']} ({parameters:,d} parameters) as {winner.name} "
-          f"with seeds {winner.seeds}", flush=True)
+    print(f"retraining trial {best['number']} of {config.search.study} ({parameters:,d} parameters) as "
+          f"{winner.name} with seeds {winner.seeds}", flush=True)
+    return winner
+
+
+def retrain_best(config: Config) -> dict[str, Any]:
+    """Retrain the best trial with every seed, then export and register the seed with the best
+    validation accuracy (test accuracy is reported, never used to choose)."""
+    winner = retrained_winner(config)
     result = seeds(winner)
     chosen_seed = chosen_seed_run(result["runs"])["seed"]
     tracking = dataclasses.replace(winner.tracking, registered_model=winner.name.replace("_", "-"))

@@ -1,13 +1,17 @@
-"""``cnnlab search-compare``: does the search find anything its hand-designed start does not?
+"""Does the search find anything its hand-designed start does not? Three arms at the same compute.
 
-At the same compute, ``search.epoch_budget`` epochs over all trials: the entry's own study
-(``cnnlab search``, its winner retrained by ``cnnlab retrain-best``), a study of the other
-sampler (TPE <-> random), and the entry's hand-designed model alone (its ``model`` and
-``train``). The other study's winner and the hand-designed model are retrained here with the
-same protocol (the entry's epochs and augmentation, every seed). Each winner is chosen on
+- the entry's own study (``cnnlab search``), its winner retrained by ``cnnlab retrain-best``;
+- the control: the same study with the other sampler (TPE <-> random) and no enqueued trial,
+  ``search.epoch_budget`` epochs over its trials like the study's own (``cnnlab search-control``),
+  its winner retrained over the same seeds (``cnnlab retrain-control``);
+- the entry's hand-designed model alone (its ``model`` and ``train``), trained over the same
+  seeds by ``cnnlab seeds``.
+
+``cnnlab search-compare`` puts the three side by side; it trains nothing, so each arm is a DVC
+stage of its own, cached and resumable apart from the others. Each winner is chosen on
 validation accuracy; test accuracy is reported, never used to choose.
 
-    cnnlab search-compare -S experiment=e5_search
+    dvc repro experiments/dvc.yaml:search_compare-e5_search
 """
 
 from __future__ import annotations
@@ -16,23 +20,33 @@ import dataclasses
 from typing import Any
 
 from ..config import Config, ConfigError
-from ..contract import StudyFiles, baseline_name, sampler_study
+from ..contract import ControlFiles, RunFiles, StudyFiles, control_sampler, control_study
 from ..files import read_json, write_json
 from ..metrics import mean_std
 from ..results import format_comparison
 from ..runtime import machine
-from .search import search, winner_config
+from .search import retrained_winner, search
 from .seeds import seeds
 
-SAMPLERS = ("tpe", "random")
+SAMPLER_ORDER = ("tpe", "random")
 
 
-def other_sampler_config(config: Config) -> Config:
+def control_config(config: Config) -> Config:
     """The entry with the other sampler, in a study of its own, with no enqueued candidates:
     an enqueued hand-designed trial would be the baseline, not that sampler's find."""
-    other = next(s for s in SAMPLERS if s != config.search.sampler)
+    sampler = control_sampler(config.search.sampler)
     return dataclasses.replace(config, search=dataclasses.replace(
-        config.search, sampler=other, study=sampler_study(config.search.study, other), enqueue=[]))
+        config.search, sampler=sampler, study=control_study(config.search.study, config.search.sampler), enqueue=[]))
+
+
+def search_control(config: Config) -> dict[str, Any]:
+    """The control study (what ``control_summary`` holds)."""
+    return search(control_config(config))
+
+
+def retrain_control(config: Config) -> dict[str, Any]:
+    """The control study's winner over the seeds (what ``control_winner_seeds`` holds)."""
+    return seeds(retrained_winner(control_config(config)))
 
 
 def retrained(summary: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +63,7 @@ def retrained(summary: dict[str, Any]) -> dict[str, Any]:
 def search_arm(name: str, study: dict[str, Any], winner_seeds: dict[str, Any]) -> dict[str, Any]:
     best = study["best"][0]
     return {"arm": name, "study": study["study"], "sampler": study["sampler"],
-            "epochs_spent": study["epochs_spent"], "trials": len(study["trials"]),
+            "epoch_budget": study["epoch_budget"], "epochs_spent": study["epochs_spent"], "trials": len(study["trials"]),
             "states": {k: v for k, v in study["states"].items() if v},
             "search_wall_seconds": study["wall_seconds"],
             "winner": {k: best[k] for k in ("number", "val_accuracy", "parameters", "model_kwargs", "training")},
@@ -71,37 +85,30 @@ def best_so_far(trials: list[dict[str, Any]]) -> list[list[float]]:
 
 
 def search_compare(config: Config) -> dict[str, Any]:
-    """Run the other sampler's study and both retrainings; what search_comparison.json holds."""
+    """The three arms side by side (what search_comparison.json holds), from their files."""
     from .. import report as plots
 
     if not config.search.epoch_budget:
         raise ConfigError("search-compare compares samplers at equal compute: set search.epoch_budget "
                           "(epochs over all trials), the same for both studies, and run `cnnlab search` again")
-    files = StudyFiles.of(config)
+    files, control = StudyFiles.of(config), ControlFiles.of(config)
     own_study = read_json(files.search_summary, "search")
-    own = search_arm(config.search.sampler, own_study, read_json(files.winner_seeds, "retrain-best"))
-    other_config = other_sampler_config(config)
-    other_study = search(other_config)
-    if not other_study["best"]:
-        raise RuntimeError(f"study {other_config.search.study} has no complete trial within "
-                           f"search.epoch_budget={config.search.epoch_budget}; raise the budget")
-    other_winner = winner_config(other_config, other_study["best"][0])
-    print(f"retraining {other_config.search.study}'s winner over seeds {config.seeds}", flush=True)
-    other = search_arm(other_config.search.sampler, other_study, seeds(other_winner))
-    print(f"retraining the hand-designed {config.model.name} {config.model.kwargs} over seeds {config.seeds}",
-          flush=True)
+    arms = [search_arm(config.search.sampler, own_study, read_json(files.winner_seeds, "retrain-best")),
+            search_arm(control_sampler(config.search.sampler), read_json(control.control_summary, "search-control"),
+                       read_json(control.control_winner_seeds, "retrain-control"))]
+    arms.sort(key=lambda a: SAMPLER_ORDER.index(a["sampler"]))
     hand = {"arm": "hand-designed", "model_kwargs": config.model.kwargs,
-            "retrained": retrained(seeds(dataclasses.replace(config, run=baseline_name(config.search.study))))}
-    arms = sorted([own, other], key=lambda a: SAMPLERS.index(a["sampler"])) + [hand]
+            "retrained": retrained(read_json(RunFiles.of(config).seeds, "seeds"))}
+    check_same_protocol(config, arms, hand)
     baseline_test = hand["retrained"]["test_accuracy_mean"]
     comparison = {
         "study": config.search.study, "epoch_budget": config.search.epoch_budget,
         "param_budget": config.search.param_budget, "retrain_epochs": config.train.epochs, "seeds": config.seeds,
-        "arms": arms,
+        "arms": [*arms, hand],
         "gain_over_hand_designed_pp": {a["arm"]: 100 * (a["retrained"]["test_accuracy_mean"] - baseline_test)
-                                       for a in arms[:2]},
+                                       for a in arms},
         "search_plus_retrain_hours": {a["arm"]: (a["search_wall_seconds"] + a["retrained"]["wall_seconds"]) / 3600
-                                      for a in arms[:2]},
+                                      for a in arms},
         "machine": machine(),
     }
     write_json(files.search_comparison, comparison)
@@ -113,3 +120,16 @@ def search_compare(config: Config) -> dict[str, Any]:
             [files.search_comparison, files.search_comparison_figure], "search_comparison")
     print(format_comparison(comparison))
     return comparison
+
+
+def check_same_protocol(config: Config, arms: list[dict[str, Any]], hand: dict[str, Any]) -> None:
+    """Refuse to compare arms that ran under other settings than these (a file left by an
+    earlier run): each must have spent this epoch budget and retrained over these seeds."""
+    stale = [f"{a['arm']} spent {a['epochs_spent']} trial-epochs of a budget of {a['epoch_budget']}"
+             for a in arms if a["epoch_budget"] != config.search.epoch_budget]
+    stale += [f"{a['arm']} was retrained with seeds {a['retrained']['seeds']}"
+              for a in (*arms, hand) if a["retrained"]["seeds"] != list(config.seeds)]
+    if stale:
+        raise ConfigError(f"the arms do not share this protocol (search.epoch_budget={config.search.epoch_budget}, "
+                          f"seeds={list(config.seeds)}): " + "; ".join(stale) + ". Re-run what is stale: "
+                          "`dvc repro experiments/dvc.yaml:search_compare-<entry>` runs exactly that")
