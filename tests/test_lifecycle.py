@@ -18,7 +18,7 @@ from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
 from cnnlab.data.prepare import save_prepared
 from cnnlab.lifecycle import (HEARTBEAT_TAG, HOST_TAG, PID_TAG, Terminated, exit_code, owner_died,
-                              signals_as_interrupts)
+                              raise_if_interrupted, signals_as_interrupts)
 from cnnlab.stages.train import TrainingInterrupted
 from cnnlab.tracking import RunTracker
 
@@ -166,6 +166,36 @@ def test_sigterm_becomes_an_interruption_only_inside_the_block():
     with pytest.raises(Terminated), signals_as_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
+def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next_step(signum, raised, monkeypatch):
+    """Python drops an exception raised while it runs a weakref callback (it prints "Exception
+    ignored in" and a traceback): a search worker trained on after its SIGTERM. The next step
+    raises it again, and the dropped one prints nothing."""
+    import time
+    import weakref
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class Tensorish:
+        pass
+
+    def callback(_ref):  # the handler runs here, inside the callback, and its exception is dropped
+        os.kill(os.getpid(), signum)
+        time.sleep(0.5)
+
+    with signals_as_interrupts():
+        thing = Tensorish()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback ran and swallowed the interruption: we are still here
+        assert ref() is None
+        with pytest.raises(raised) as interruption:
+            raise_if_interrupted()  # what train_step calls first
+        assert exit_code(interruption.value) == 128 + signum
+    raise_if_interrupted()  # the block was the command: nothing is pending after it
+    assert reported == [] and sys.unraisablehook == reported.append
 
 
 def test_an_interruption_crosses_back_from_a_worker_process():

@@ -167,7 +167,7 @@ def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp
     output = coordinator.communicate(timeout=180)[0]
 
     assert coordinator.returncode == 143, output
-    assert "Traceback" not in output
+    assert "Traceback" not in output, output
     gone, alive = psutil.wait_procs(workers, timeout=10)  # multiprocessing's resource tracker exits after it
     assert not [" ".join(p.cmdline()) for p in alive]
     trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)

@@ -17,6 +17,7 @@ import os
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -52,27 +53,72 @@ def describe_exit(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+# The signal whose interruption is on its way, if any. Python runs a handler between any two
+# bytecodes, and an exception raised while the interpreter runs a weakref callback or a
+# __del__ is printed ("Exception ignored in ...") and dropped: the process would train on as if
+# nothing had arrived. The training loop calls raise_if_interrupted() every step, which raises
+# it again there.
+_arrived: int | None = None
+
+
 def raise_terminated(signum, frame) -> None:
+    global _arrived
     # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
     # handlers that are ending the runs. SIGKILL still stops the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _arrived = signal.SIGTERM
     raise Terminated("terminated by SIGTERM")
+
+
+def raise_interrupt(signum, frame) -> None:
+    """Ctrl-C, as Python's own handler, remembered for raise_if_interrupted."""
+    global _arrived
+    _arrived = signal.SIGINT
+    raise KeyboardInterrupt
+
+
+def hide_dropped_interruptions(hook):
+    """A ``sys.unraisablehook`` that passes everything to ``hook`` but the interruption of a
+    signal that arrived: raise_if_interrupted raises it again, so its traceback would only
+    alarm (Python prints one for every exception it drops)."""
+    def unraisable(info) -> None:
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and _arrived is not None):
+            hook(info)
+    return unraisable
+
+
+def raise_if_interrupted() -> None:
+    """Raise the interruption of a signal that arrived, again: the first may have been dropped."""
+    if _arrived == signal.SIGTERM:
+        raise Terminated("terminated by SIGTERM")
+    if _arrived == signal.SIGINT:
+        raise KeyboardInterrupt
 
 
 @contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """Within the block the first SIGTERM raises ``Terminated`` (later ones are ignored); the
-    previous handler comes back after. A SIGTERM the parent process set to be ignored stays
-    ignored, and outside the main thread (where Python cannot set handlers) nothing changes."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+    """Within the block the first SIGTERM raises ``Terminated`` (later ones are ignored) and
+    SIGINT ``KeyboardInterrupt``, each remembered for ``raise_if_interrupted``; the previous
+    handlers come back after. A signal the parent process set to be ignored stays ignored, and
+    outside the main thread (where Python cannot set handlers) nothing changes."""
+    global _arrived
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    ours = {signal.SIGTERM: raise_terminated, signal.SIGINT: raise_interrupt}
+    previous = {signum: signal.getsignal(signum) for signum in ours}
+    previous_hook = sys.unraisablehook
+    for signum, handler in ours.items():
+        if previous[signum] != signal.SIG_IGN:
+            signal.signal(signum, handler)
+    sys.unraisablehook = hide_dropped_interruptions(previous_hook)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
+        _arrived = None  # the block was the command: what arrived has ended it
 
 
 def owner_tags() -> dict[str, str]:

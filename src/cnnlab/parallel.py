@@ -13,11 +13,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 from .console import configure_logging
-from .lifecycle import raise_terminated
+from .lifecycle import hide_dropped_interruptions, raise_terminated
 from .runtime import available_cores
 
 
@@ -32,6 +33,7 @@ def _start_worker() -> None:
     # stops each worker with one SIGTERM (run_jobs), which ends the worker's runs KILLED.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_terminated)
+    sys.unraisablehook = hide_dropped_interruptions(sys.unraisablehook)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -30,6 +30,7 @@ from .config import Config, TrainConfig
 from .data import PreparedData
 from .distributed import SINGLE, Ranks, all_sum, data_parallel, rank_seed
 from .ema import WeightAverage
+from .lifecycle import raise_if_interrupted
 from .models import total_parameters, trainable_parameters
 from .parallel import threads_per_worker
 from .runtime import Runtime, resolve_runtime, rng_state, seeded_generator, set_rng_state, set_threads
@@ -273,6 +274,7 @@ def fit(config: Config, data: PreparedData, start: ModelStart, listener: EpochLi
 
     def train_step(batch: torch.Tensor, epoch: int, step: int, schedule: bool = True) -> tuple[float, int]:
         """One optimizer step on the global batch ``batch`` (indices); its mean loss and correct count."""
+        raise_if_interrupted()  # a signal's interruption dropped on its way (cnnlab.lifecycle)
         idx = ranks.share(batch)
         images = transform(x_train[idx], train=True, generator=augment_generator)
         labels = y_train[idx].to(runtime.device, non_blocking=True)
