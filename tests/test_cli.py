@@ -188,13 +188,15 @@ def test_other_libraries_info_lines_show_only_with_verbose(monkeypatch):
     assert parser.parse_args(["models"]).verbose is False
     assert parser.parse_args(["--verbose", "models"]).verbose is True
     assert parser.parse_args(["models", "--verbose"]).verbose is True
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    # setenv, not delenv: monkeypatch records nothing for a variable it deletes that was not set,
+    # and the "1" configure_logging(True) writes would then leak into every later test's commands
+    monkeypatch.setenv(VERBOSE_ENV, "0")
     configure_logging(False)
     assert {logging.getLogger(name).getEffectiveLevel() for name in CHATTY_LIBRARIES} == {logging.WARNING}
     assert logging.getLogger("cnnlab.train").isEnabledFor(logging.INFO)
-    configure_logging(True)  # sets $CNNLAB_VERBOSE for worker processes; monkeypatch restores it
+    configure_logging(True)  # sets $CNNLAB_VERBOSE for worker processes
     assert {logging.getLogger(name).getEffectiveLevel() for name in CHATTY_LIBRARIES} == {logging.INFO}
-    monkeypatch.delenv(VERBOSE_ENV)
+    monkeypatch.setenv(VERBOSE_ENV, "0")
     configure_logging(False)
 
 

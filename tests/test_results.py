@@ -50,6 +50,19 @@ def test_a_block_follows_its_file_and_a_missing_file_is_named(tmp_path):
         regenerate("<!-- results:e99 -->\n<!-- /results:e99 -->\n", tmp_path)
 
 
+def test_an_e5_winner_retrained_from_an_earlier_study_is_refused(tmp_path):
+    """A study run again (search.json new) before its winner is retrained must not lend the new
+    study the old winner's accuracy."""
+    for name in ("e5_search/search.json", "e5_search_winner/seeds.json"):
+        (tmp_path / "outputs" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT_ROOT / "outputs" / name, tmp_path / "outputs" / name)
+    search = json.loads((tmp_path / "outputs/e5_search/search.json").read_text())
+    search["best"][0]["parameters"] -= 1
+    (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps(search))
+    with pytest.raises(ResultsError, match="belong to an earlier study.*retrain_best-e5_search"):
+        regenerate("<!-- results:e5-headline -->\n<!-- /results:e5-headline -->\n", tmp_path)
+
+
 @pytest.mark.slow
 def test_make_bench_runs_on_the_embedded_digits_and_writes_its_json(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CNNLAB_DATASETS"}

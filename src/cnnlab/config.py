@@ -231,8 +231,11 @@ class SearchSpaceConfig:
     dropout: Annotated[list[Annotated[float, Interval(ge=0, lt=1)]], LowHigh()] = field(
         default_factory=lambda: [0.0, 0.5])
     optimizers: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
-    lr: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale
+    lr: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale; Adam and AdamW
         default_factory=lambda: [0.0003, 0.01])
+    # SGD (momentum 0.9) needs far larger steps than Adam: in Adam's range most SGD trials barely learn.
+    sgd_lr: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale
+        default_factory=lambda: [0.01, 0.3])
     batch_sizes: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = field(default_factory=lambda: [256])
     # The training recipe, searched beside the architecture (train.* of the same names).
     weight_decay: Annotated[list[Annotated[float, Gt(0)]], LowHigh()] = field(  # log scale

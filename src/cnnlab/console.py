@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 VERBOSE_ENV = "CNNLAB_VERBOSE"
 CHATTY_LIBRARIES = ("openTSNE", "onnxscript", "onnx_ir", "torch.onnx", "torch.export", "alembic", "mlflow")
-# Optuna's heartbeat machinery (RDB heartbeats, the stale-trial retry, fail_stale_trials) is
-# marked experimental; cnnlab relies on it on purpose with a pinned Optuna, so the warning,
-# repeated by every search worker, tells a user nothing (it shows under --verbose).
-KNOWN_EXPERIMENTAL = r".*(heartbeat|HeartbeatStale|fail_stale_trials).* is (an )?experimental"
 
 
 def verbose() -> bool:
@@ -45,4 +40,3 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose() else logging.WARNING)
     if not verbose():  # MLflow's tqdm bars while it validates a logged model's input example
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        warnings.filterwarnings("ignore", message=KNOWN_EXPERIMENTAL)

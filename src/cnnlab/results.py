@@ -163,8 +163,20 @@ def e1_headline(root: Path) -> str:
             f"training ({train['runtime']}). {_sources(f'{run}/seeds.json', f'{run}/eval.json', f'{run}/train_metrics.json')}\n")
 
 
-def e5_headline(root: Path) -> str:
+def e5_files(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """E5's search.json and its retrained winner's seeds.json, refused when the winner is not
+    that study's (a study run again whose winner was not retrained yet)."""
     search, seeds = _load(root, "outputs/e5_search/search.json"), _load(root, "outputs/e5_search_winner/seeds.json")
+    winner = search["best"][0]["parameters"] if search["best"] else None
+    if seeds["parameters"] != winner:
+        raise ResultsError(f"outputs/e5_search_winner/seeds.json retrained a model of {seeds['parameters']:,d} "
+                           f"parameters, but the winner in outputs/e5_search/search.json has {winner}: its numbers "
+                           "belong to an earlier study. Run `dvc repro experiments/dvc.yaml:retrain_best-e5_search`")
+    return search, seeds
+
+
+def e5_headline(root: Path) -> str:
+    search, seeds = e5_files(root)
     evals = [_load(root, f"outputs/e5_search_winner/seed{r['seed']}/eval.json") for r in seeds["runs"]]
     states = search["states"]
     return (f"E5 search: {len(search['trials'])} trials ({states['COMPLETE']} complete, {states['PRUNED']} pruned, "
@@ -176,7 +188,7 @@ def e5_headline(root: Path) -> str:
 
 
 def e5(root: Path) -> str:
-    search, seeds = _load(root, "outputs/e5_search/search.json"), _load(root, "outputs/e5_search_winner/seeds.json")
+    search, seeds = e5_files(root)
     best = search["best"][0]
     runs = {r["seed"]: r for r in seeds["runs"]}
     seed_rows = []

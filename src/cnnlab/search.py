@@ -19,12 +19,15 @@ import dataclasses
 import json
 import logging
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
+from .console import verbose
 from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig, TrainConfig
 from .data import PreparedData
 from .data.sampling import stratified_sample
@@ -80,9 +83,12 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
     # Pre-activation only means something for residual blocks; don't spend trials on it otherwise.
     model["preactivation"] = (trial.suggest_categorical("preactivation", space.preactivation)
                               if model["block_style"] == "residual" else False)
+    optimizer = trial.suggest_categorical("optimizer", space.optimizers)
     training = {
-        "optimizer": trial.suggest_categorical("optimizer", space.optimizers),
-        "lr": trial.suggest_float("lr", *space.lr, log=True),
+        "optimizer": optimizer,
+        # SGD's own range, under a name of its own: TPE models each range apart
+        "lr": (trial.suggest_float("sgd_lr", *space.sgd_lr, log=True) if optimizer == "sgd"
+               else trial.suggest_float("lr", *space.lr, log=True)),
         "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
         "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
         "label_smoothing": trial.suggest_float("label_smoothing", *space.label_smoothing),
@@ -105,7 +111,7 @@ def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
     """Each name `suggest` can draw, with ("choice", options) or ("range", [low, high])."""
     domains: dict[str, tuple[str, list[Any]]] = {
         "stages": ("range", space.stages), "convs_per_block": ("range", space.convs_per_block),
-        "dropout": ("range", space.dropout), "lr": ("range", space.lr),
+        "dropout": ("range", space.dropout), "lr": ("range", space.lr), "sgd_lr": ("range", space.sgd_lr),
         "block_style": ("choice", space.block_styles), "batch_norm": ("choice", space.batch_norm),
         "pooling": ("choice", space.pooling), "head_width": ("choice", space.head_widths),
         "preactivation": ("choice", space.preactivation), "optimizer": ("choice", space.optimizers),
@@ -182,6 +188,17 @@ def resolve_storage(url: str, search: SearchConfig):
     return rdb_storage(url, search)
 
 
+@contextmanager
+def heartbeat_api():
+    """Optuna marks its heartbeat machinery (RDB heartbeats, the stale-trial retry,
+    fail_stale_trials) experimental; cnnlab relies on it on purpose, with Optuna pinned, so the
+    warning, printed by every worker, shows only under --verbose."""
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def rdb_storage(url: str, search: SearchConfig):
     """An RDB storage; the first one on an empty database creates the schema. Workers on several
     machines starting together race to create it: the loser's CREATE fails with a duplicate
@@ -190,11 +207,12 @@ def rdb_storage(url: str, search: SearchConfig):
 
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=search.max_retry),
-            )
+            with heartbeat_api():
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=search.max_retry),
+                )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise
@@ -420,7 +438,8 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
     parent_run_id = ensure_parent_run(study, config, created)
     # A killed worker's trial is failed (and re-queued) here, not only by `optimize`: with the
     # study's trials all finished no `optimize` runs, and the trial would stay RUNNING for good.
-    optuna.storages.fail_stale_trials(study)
+    with heartbeat_api():
+        optuna.storages.fail_stale_trials(study)
     if not budget_left(study, search):
         log.info("study %s already has %d finished trials, %d epochs spent", search.study,
                  finished_trials(study), epochs_spent(study))
