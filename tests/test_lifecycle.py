@@ -198,6 +198,21 @@ def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next
     assert reported == [] and sys.unraisablehook == reported.append
 
 
+def test_an_interruption_dropped_outside_training_still_ends_the_command_interrupted(monkeypatch):
+    import time
+    import weakref
+
+    class Tensorish:
+        pass
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: None)
+    with pytest.raises(Terminated), signals_as_interrupts():
+        thing = Tensorish()
+        ref = weakref.ref(thing, lambda _ref: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))
+        del thing  # dropped inside the callback; no training step follows: the block's end raises it
+        assert ref() is None
+
+
 def test_an_interruption_crosses_back_from_a_worker_process():
     sent = TrainingInterrupted("interrupted at epoch 2 of 3", {"train.epochs": "3"}, signal.SIGTERM)
     received = pickle.loads(pickle.dumps(sent))

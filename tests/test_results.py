@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnlab.results import DOCUMENTS, ResultsError, measured_figures_outside_blocks, regenerate
+from cnnlab.results import DOCUMENTS, ResultsError, e5_files, measured_figures_outside_blocks, regenerate
 from cnnlab.stages.results import write_results
 
 from .conftest import PROJECT_ROOT
@@ -61,6 +61,12 @@ def test_an_e5_winner_retrained_from_an_earlier_study_is_refused(tmp_path):
     (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps(search))
     with pytest.raises(ResultsError, match="belong to an earlier study.*retrain_best-e5_search"):
         regenerate("<!-- results:e5-headline -->\n<!-- /results:e5-headline -->\n", tmp_path)
+    # seeds.json as `cnnlab seeds` writes it now names the count total_parameters: it pairs too
+    seeds = json.loads((tmp_path / "outputs/e5_search_winner/seeds.json").read_text())
+    seeds["total_parameters"] = search["best"][0]["parameters"]
+    del seeds["parameters"]
+    (tmp_path / "outputs/e5_search_winner/seeds.json").write_text(json.dumps(seeds))
+    assert e5_files(tmp_path)[1] == seeds
 
 
 @pytest.mark.slow
@@ -84,10 +90,11 @@ def comparison_file(root, tpe_test: float, hand_test: float, hours: float):
         retrained = {"val_accuracy_mean": test + 0.004, "val_accuracy_std": 0.001, "test_accuracy_mean": test,
                      "test_accuracy_std": 0.002, "seeds": [0, 1, 2], "per_seed": [], "total_parameters": 140_000,
                      "wall_seconds": 3000.0}
-        return {"arm": name, "retrained": retrained,
-                **({"epochs_spent": 121, "trials": 30, "search_wall_seconds": 3600 * hours - 3000.0} if searched else {})}
+        study = {"tpe": "e5_search", "random": "e5_search_random"}.get(name)
+        return {"arm": name, "retrained": retrained, **({"study": study, "epochs_spent": 121, "trials": 30,
+                                                         "search_wall_seconds": 3600 * hours - 3000.0} if searched else {})}
     comparison = {"study": "e5_search", "epoch_budget": 120, "param_budget": 150000, "retrain_epochs": 30,
-                  "seeds": [0, 1, 2], "arms": [arm("tpe", tpe_test), arm("random", 0.90), arm("hand-designed", hand_test, False)],
+                  "seeds": [0, 1, 2], "arms": [arm("random", 0.90), arm("tpe", tpe_test), arm("hand-designed", hand_test, False)],
                   "gain_over_hand_designed_pp": {"tpe": 100 * (tpe_test - hand_test), "random": 100 * (0.90 - hand_test)},
                   "search_plus_retrain_hours": {"tpe": hours, "random": hours},
                   "machine": {"cpu": "test CPU", "torch_threads": 2, "native_bf16": True}}

@@ -243,6 +243,7 @@ def test_enqueued_candidates_run_first_and_once(search_config, mnist_small):
     ("{batch_size: 64}", r"batch_size=64 is outside the search space \(one of \[256\]\)"),
     ("{lr: 0.5}", r"lr=0.5 is outside the search space \(in \[0.001, 0.003\]\)"),
     ("{lr: fast}", r"lr='fast' is outside the search space"),
+    ("{optimizer: adam, sgd_lr: 0.05}", r"with optimizer 'adam' the learning rate is 'lr', not 'sgd_lr'"),
 ])
 def test_an_enqueued_candidate_outside_the_space_is_a_config_error(search_config, mnist_small, candidate, message):
     from cnnlab.config import ConfigError

@@ -11,9 +11,8 @@ import torch
 
 from cnnlab.config import load_config
 from cnnlab.data import DatasetError, select_view
-from cnnlab.selection import pick_by_validation
+from cnnlab.selection import chosen_seed_run, pick_by_validation
 from cnnlab.stages.freeze_sweep import summarize_sweep
-from cnnlab.stages.search import chosen_seed_run
 
 from .conftest import PROJECT_ROOT, fit_run
 

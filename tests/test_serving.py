@@ -186,6 +186,8 @@ def test_predict_refuses_wrong_size_channels_corrupt_files_and_models(champion, 
     np.savez(tmp_path / "other_key.npz", x=test_pngs["images"][:2, 0].numpy())
     np.savez(tmp_path / "padded.npz", images=np.pad(test_pngs["images"][:2, 0].numpy(), ((0, 0), (2, 2), (2, 2))))
     np.savez(tmp_path / "scaled.npz", images=test_pngs["images"][:2].numpy() / 255.0)
+    with (tmp_path / "bare.npz").open("wb") as bare:  # an .npy array under an .npz name
+        np.save(bare, test_pngs["images"][:2].numpy())
     no_card = onnx.load(onnx_path)
     del no_card.metadata_props[:]
     onnx.save(no_card, str(tmp_path / "old.onnx"))
@@ -196,6 +198,7 @@ def test_predict_refuses_wrong_size_channels_corrupt_files_and_models(champion, 
         ([onnx_path, str(tmp_path / "broken.png")], ["cannot decode image", "broken.png"]),
         ([onnx_path, str(tmp_path / "*.jpg")], ["no file matches"]),
         ([onnx_path, str(tmp_path / "other_key.npz")], ["other_key.npz has no array 'images'", "--npz-key"]),
+        ([onnx_path, str(tmp_path / "bare.npz")], ["bare.npz is not a readable .npz file", "bare .npy array"]),
         ([onnx_path, str(tmp_path / "padded.npz")], ["has shape (2, 32, 32)", "N x 1 x 28 x 28"]),
         ([onnx_path, str(tmp_path / "scaled.npz")], ["holds float64 values", "0..255"]),
         ([str(tmp_path / "missing.onnx"), str(tmp_path / "rgb.png")], ["missing.onnx not found", "cnnlab export"]),

@@ -53,12 +53,13 @@ def describe_exit(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
-# The signal whose interruption is on its way, if any. Python runs a handler between any two
-# bytecodes, and an exception raised while the interpreter runs a weakref callback or a
-# __del__ is printed ("Exception ignored in ...") and dropped: the process would train on as if
-# nothing had arrived. The training loop calls raise_if_interrupted() every step, which raises
-# it again there.
+# Python runs a signal handler between any two bytecodes, and an exception raised while the
+# interpreter runs a weakref callback or a __del__ is printed ("Exception ignored in ...") and
+# dropped: the process would train on as if nothing had arrived. So the handlers remember the
+# signal (_arrived), the unraisable hook notes a dropped interruption (_dropped), and the
+# training loop calls raise_if_interrupted() every step, which raises a dropped one again.
 _arrived: int | None = None
+_dropped: int | None = None
 
 
 def raise_terminated(signum, frame) -> None:
@@ -67,32 +68,45 @@ def raise_terminated(signum, frame) -> None:
     # handlers that are ending the runs. SIGKILL still stops the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _arrived = signal.SIGTERM
-    raise Terminated("terminated by SIGTERM")
+    raise interruption(signal.SIGTERM)
 
 
 def raise_interrupt(signum, frame) -> None:
     """Ctrl-C, as Python's own handler, remembered for raise_if_interrupted."""
     global _arrived
     _arrived = signal.SIGINT
-    raise KeyboardInterrupt
+    raise interruption(signal.SIGINT)
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    return Terminated("terminated by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def hide_dropped_interruptions(hook):
     """A ``sys.unraisablehook`` that passes everything to ``hook`` but the interruption of a
-    signal that arrived: raise_if_interrupted raises it again, so its traceback would only
-    alarm (Python prints one for every exception it drops)."""
+    signal that arrived: it is noted for raise_if_interrupted, which raises it again, so its
+    traceback would only alarm (Python prints one for every exception it drops)."""
     def unraisable(info) -> None:
-        if not (isinstance(info.exc_value, KeyboardInterrupt) and _arrived is not None):
+        global _dropped
+        if isinstance(info.exc_value, KeyboardInterrupt) and _arrived is not None:
+            _dropped = _arrived
+        else:
             hook(info)
     return unraisable
 
 
 def raise_if_interrupted() -> None:
-    """Raise the interruption of a signal that arrived, again: the first may have been dropped."""
-    if _arrived == signal.SIGTERM:
-        raise Terminated("terminated by SIGTERM")
-    if _arrived == signal.SIGINT:
-        raise KeyboardInterrupt
+    """Raise again, once, an interruption Python dropped on its way."""
+    global _dropped
+    signum, _dropped = _dropped, None
+    if signum is not None:
+        raise interruption(signum)
+
+
+def raise_if_told_to_stop() -> None:
+    """In a worker process: once its SIGTERM came, it starts nothing more."""
+    if _arrived is not None:
+        raise interruption(_arrived)
 
 
 @contextmanager
@@ -101,7 +115,7 @@ def signals_as_interrupts() -> Iterator[None]:
     SIGINT ``KeyboardInterrupt``, each remembered for ``raise_if_interrupted``; the previous
     handlers come back after. A signal the parent process set to be ignored stays ignored, and
     outside the main thread (where Python cannot set handlers) nothing changes."""
-    global _arrived
+    global _arrived, _dropped
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -114,11 +128,12 @@ def signals_as_interrupts() -> Iterator[None]:
     sys.unraisablehook = hide_dropped_interruptions(previous_hook)
     try:
         yield
+        raise_if_interrupted()  # dropped outside a training step: the command still ends interrupted
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
-        _arrived = None  # the block was the command: what arrived has ended it
+        _arrived = _dropped = None  # the block was the command: what arrived has ended it
 
 
 def owner_tags() -> dict[str, str]:

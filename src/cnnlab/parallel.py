@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 from .console import configure_logging
-from .lifecycle import hide_dropped_interruptions, raise_terminated
+from .lifecycle import hide_dropped_interruptions, raise_if_told_to_stop, raise_terminated
 from .runtime import available_cores
 
 
@@ -34,6 +34,13 @@ def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, raise_terminated)
     sys.unraisablehook = hide_dropped_interruptions(sys.unraisablehook)
+
+
+def _run_job(target: Callable[..., Any], *args: Any) -> Any:
+    # The pool hands out one job more than it has workers, and shutdown cannot cancel that one:
+    # a worker already told to stop must not start it (load data, open an MLflow run).
+    raise_if_told_to_stop()
+    return target(*args)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -63,7 +70,7 @@ def run_jobs(target: Callable[..., Any], jobs: Sequence[tuple], workers: int,
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                              initializer=_start_worker) as pool:
-        futures = {pool.submit(target, *job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(_run_job, target, *job): index for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
                 index = futures[future]

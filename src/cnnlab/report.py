@@ -322,7 +322,10 @@ def plot_param_importances(summary: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.32 * len(names)))
     bars = ax.barh(names, values, color="tab:blue")
     ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
-    ax.set(xlabel="PED-ANOVA importance for high validation accuracy", xlim=(0, 1.15 * max(max(values), 1e-12)),
+    # summaries written before the evaluator was recorded gave Optuna's default the accuracy as it is
+    xlabel = ("PED-ANOVA importance for high validation accuracy" if summary.get("importance_evaluator")
+              else "importance from Optuna's default evaluator, undirected (it explains low accuracy)")
+    ax.set(xlabel=xlabel, xlim=(0, 1.15 * max(max(values), 1e-12)),
            title=f"{summary.get('study') or 'search'}: parameter importances "
                  f"from {len(_complete_trials(summary))} complete trials")
     ax.tick_params(axis="y", labelsize=8)

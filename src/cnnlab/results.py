@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
+from .selection import chosen_seed_run, search_winner
+
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
@@ -167,12 +169,16 @@ def e5_files(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """E5's search.json and its retrained winner's seeds.json, refused when the winner is not
     that study's (a study run again whose winner was not retrained yet)."""
     search, seeds = _load(root, "outputs/e5_search/search.json"), _load(root, "outputs/e5_search_winner/seeds.json")
-    winner = search["best"][0]["parameters"] if search["best"] else None
-    if seeds["parameters"] != winner:
-        raise ResultsError(f"outputs/e5_search_winner/seeds.json retrained a model of {seeds['parameters']:,d} "
+    winner = search_winner(search)["parameters"] if search["best"] else None
+    if retrained_parameters(seeds) != winner:
+        raise ResultsError(f"outputs/e5_search_winner/seeds.json retrained a model of {retrained_parameters(seeds):,d} "
                            f"parameters, but the winner in outputs/e5_search/search.json has {winner}: its numbers "
                            "belong to an earlier study. Run `dvc repro experiments/dvc.yaml:retrain_best-e5_search`")
     return search, seeds
+
+
+def retrained_parameters(seeds: dict[str, Any]) -> int:
+    return seeds["total_parameters"] if "total_parameters" in seeds else seeds["parameters"]  # older files: "parameters"
 
 
 def e5_headline(root: Path) -> str:
@@ -181,7 +187,7 @@ def e5_headline(root: Path) -> str:
     states = search["states"]
     return (f"E5 search: {len(search['trials'])} trials ({states['COMPLETE']} complete, {states['PRUNED']} pruned, "
             f"{states['FAIL']} failed) under {search['param_budget']:,d} parameters; the winner, "
-            f"{seeds['parameters']:,d} parameters, retrained over {len(evals)} seeds: "
+            f"{retrained_parameters(seeds):,d} parameters, retrained over {len(evals)} seeds: "
             f"**{mean_std([e['test_accuracy'] for e in evals])} CIFAR-10 test accuracy** with flip TTA, "
             f"{mean_std([e['test_accuracy_without_tta'] for e in evals])} without. "
             f"{_sources('outputs/e5_search/search.json', 'outputs/e5_search_winner/seeds.json')}\n")
@@ -189,7 +195,8 @@ def e5_headline(root: Path) -> str:
 
 def e5(root: Path) -> str:
     search, seeds = e5_files(root)
-    best = search["best"][0]
+    best = search_winner(search)
+    recipe = best.get("training", best["params"])  # trials before the recipe was searched: their params
     runs = {r["seed"]: r for r in seeds["runs"]}
     seed_rows = []
     for seed, run in runs.items():
@@ -198,12 +205,12 @@ def e5(root: Path) -> str:
         seed_rows.append((str(seed), pct(train["best_val_accuracy"]), pct(evaluation["test_accuracy"]),
                           pct(evaluation["test_accuracy_without_tta"]), f"{train['wall_seconds']:.0f} s"))
     registered = _load(root, "outputs/e5_search_winner/seed{}/registered.json".format(
-        max(runs, key=lambda s: runs[s]["best_val_accuracy"])))
+        chosen_seed_run(seeds["runs"])["seed"]))
     widths = "/".join(map(str, best["model_kwargs"]["widths"]))
     lines = [
         f"Trials: {len(search['trials'])} — " + ", ".join(f"{n} {s.lower()}" for s, n in search["states"].items() if n)
         + f". Winner: trial {best['number']}, {best['model_kwargs']['block_style']} blocks, widths {widths}, "
-          f"{best['params']['optimizer']} lr {best['params']['lr']}, **{best['parameters']:,d} parameters**, "
+          f"{recipe['optimizer']} lr {recipe['lr']}, **{best['parameters']:,d} parameters**, "
           f"{pct(best['val_accuracy'])} validation at the search's cheap fidelity. " + _importances(search), "",
         _table(("seed", "best validation", "test (flip TTA)", "test without TTA", "training"), seed_rows).rstrip("\n"),
         "", f"Registered: `{registered['name']}` v{registered['version']} (alias `{registered['alias']}`), the seed with "
@@ -253,7 +260,7 @@ def e5_comparison(root: Path) -> str:
         return (f"Not run yet with this protocol: `dvc repro experiments/dvc.yaml:search_compare-e5_search` "
                 f"writes `{E5_COMPARISON}` and `outputs/e5_search/search_comparison.png`.\n")
     comparison = _load(root, E5_COMPARISON)
-    own = comparison["arms"][0]
+    (own,) = [arm for arm in comparison["arms"] if arm.get("study") == comparison["study"]]  # not the control
     test = own["retrained"]["test_accuracy_mean"]
     hours = comparison["search_plus_retrain_hours"][own["arm"]]
     gain = comparison["gain_over_hand_designed_pp"][own["arm"]]

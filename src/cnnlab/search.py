@@ -44,7 +44,7 @@ FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRU
                    optuna.trial.TrialState.FAIL)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 # How long a worker that found the study already created waits for its creator to store the
-# MLflow parent run id (connecting to MLflow took up to a minute on a busy machine).
+# MLflow parent run id (connecting to MLflow can be slow on a busy machine: generous on purpose).
 PARENT_WAIT_S = 180
 EPOCHS_ATTR = "epochs"  # epochs a trial trained (all of them, or up to where it was pruned)
 CREATED_AT_ATTR = "created_at"  # unix time the study was created: how long its parent run may take to appear
@@ -145,6 +145,11 @@ def enqueue_candidates(study: optuna.Study, search: SearchConfig) -> None:
                 where = f"one of {domain}" if kind == "choice" else f"in [{domain[0]}, {domain[1]}]"
                 raise ConfigError(f"search.enqueue[{i}].{name}={value!r} is outside the search space ({where}); "
                                   f"change the candidate, widen search.space, or drop it (search.enqueue=[])")
+        if "optimizer" in params:  # suggest asks SGD for sgd_lr and the others for lr: the other is never read
+            unread = "lr" if params["optimizer"] == "sgd" else "sgd_lr"
+            if unread in params:
+                raise ConfigError(f"search.enqueue[{i}]: with optimizer {params['optimizer']!r} the learning rate "
+                                  f"is {'sgd_lr' if unread == 'lr' else 'lr'!r}, not {unread!r}; rename the key")
         study.enqueue_trial(params, skip_if_exists=True)
 
 
@@ -346,7 +351,8 @@ class Objective:
 def wait_for_parent_run(study: optuna.Study) -> str | None:
     """The parent run id the study's creator stores, once it is there; None when the study is
     older than PARENT_WAIT_S (its creator stopped before storing one) or none came in time."""
-    deadline = float(study.user_attrs.get(CREATED_AT_ATTR, 0)) + PARENT_WAIT_S
+    # the creator stores created_at just after creating the study: missing, it is being created now
+    deadline = float(study.user_attrs.get(CREATED_AT_ATTR, time.time())) + PARENT_WAIT_S
     if time.time() >= deadline:
         return None
     while time.time() < deadline:
@@ -406,8 +412,10 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def epochs_spent(study: optuna.Study) -> int:
-    """Epochs trained over every trial of the study, pruned and failed ones included."""
-    return sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in study.get_trials(deepcopy=False))
+    """Epochs trained over every trial of the study, pruned and failed ones included. Not the
+    WAITING ones: a stale trial's retry is queued with a copy of its user attributes, epochs too."""
+    return sum(int(t.user_attrs.get(EPOCHS_ATTR, 0))
+               for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, optuna.trial.TrialState.RUNNING)))
 
 
 def budget_left(study: optuna.Study, search: SearchConfig) -> bool:

@@ -51,3 +51,15 @@ def pick_by_validation(candidates: Iterable[Candidate], accuracy: str = "val_acc
     if best is None:
         raise ValueError("no candidates to choose from")
     return best
+
+
+def chosen_seed_run(runs: list[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The seed to export and register: the best on validation (its test accuracy is reported
+    only). Runs recorded before seeds.json kept a validation loss tie on accuracy alone."""
+    return pick_by_validation(runs, "best_val_accuracy", "best_val_loss" if "best_val_loss" in runs[0] else None)
+
+
+def search_winner(summary: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The trial a search.json's winner is: the most accurate of its best trials (the Pareto
+    front of a two-objective study; the one best trial otherwise)."""
+    return pick_by_validation(summary["best"], "val_accuracy", loss=None)

@@ -32,15 +32,15 @@ log = logging.getLogger(__name__)
 ENGINES_PER_WORKER = 2
 # Processes beside the workers that hold connections of their own, counted like workers: the
 # `mlflow server` parent (it migrates the schema and keeps its engines), MLflow's job runner
-# and its huey consumer (seen with ss -tnp: 2, 1 and 1 connections while two workers held 5).
+# and its huey consumer (each seen holding connections with `ss -tnp`).
 HELPER_PROCESSES = 3
 CONNECT_TIMEOUT_S = 5  # an unreachable PostgreSQL fails in seconds
 MAINTENANCE_DATABASE = "postgres"  # where CREATE DATABASE is issued from
 EXAMPLE_URL = "postgresql+psycopg2://USER@HOST:5432/DATABASE"  # psycopg2: SQLAlchemy 2.1's plain postgresql:// wants psycopg 3
-LOCAL_ARTIFACTS = "mlartifacts"
-# uvicorn kills a worker that misses a 5 s health check; on a busy machine a worker still
-# importing MLflow missed it (load 13 on 2 cores) and was not replaced.
-WORKER_HEALTHCHECK_S = 60  # MLflow's own default folder name, already in .gitignore
+LOCAL_ARTIFACTS = "mlartifacts"  # MLflow's own default folder name, already in .gitignore
+# uvicorn kills a worker that misses a 5 s health check; on a busy 2-core machine a worker still
+# importing MLflow missed it and was not replaced.
+WORKER_HEALTHCHECK_S = 60
 
 
 class ServerError(RuntimeError):

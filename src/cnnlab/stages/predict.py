@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..images import FOLDER_RESIZE, fit_square
-from ..modelcard import ModelCard, ModelCardError
+from ..modelcard import ModelCard
 
 NPZ_KEY = "images"  # the array an .npz input holds its images under
-BATCH_SIZE = 256  # images per onnxruntime call: bounded memory for any number of inputs
+BATCH_SIZE = 256  # images per onnxruntime call: bounds the float32 copy each call makes
 MODES = {1: "L", 3: "RGB"}  # PIL's mode for a model's channel count
 MODE_NAMES = {"L": "grayscale (1 channel)", "RGB": "RGB (3 channels)", "RGBA": "RGBA (4 channels)",
               "LA": "grayscale+alpha (2 channels)", "CMYK": "CMYK (4 channels)"}
@@ -51,10 +51,8 @@ class OnnxClassifier:
         except Exception as err:  # onnxruntime raises its own classes for a corrupt or foreign file
             raise PredictError(f"{self.path} is not a readable ONNX model ({str(err).strip()}); restore it with "
                                "`dvc checkout` or export it again with `cnnlab export`") from err
-        try:
-            self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        except ModelCardError as err:
-            raise PredictError(str(err)) from err
+        # a ModelCardError is a ValueError naming the file and the fix, as PredictError is
+        self.card = ModelCard.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self.input_name = self.session.get_inputs()[0].name
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -137,13 +135,17 @@ def read_npz(path: Path, card: ModelCard, key: str = NPZ_KEY) -> np.ndarray:
     (N, H, W) are accepted too. Arrays are taken as they are: never resized."""
     channels, height, width = card.input_shape
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive.files:
-                raise PredictError(f"{path} has no array {key!r} (it has {archive.files}); save the images with "
-                                   f"np.savez({path.name!r}, {key}=images) or pass --npz-key <name>")
-            images = archive[key]
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one bare .npy array, not an archive")
+        with archive:
+            names = archive.files
+            images = archive[key] if key in names else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise PredictError(f"{path} is not a readable .npz file ({err}); save it with np.savez") from err
+    if images is None:
+        raise PredictError(f"{path} has no array {key!r} (it has {names}); save the images with "
+                           f"np.savez({path.name!r}, {key}=images) or pass --npz-key <name>")
     layouts = {(channels, height, width): lambda a: a, (height, width, channels): lambda a: a.transpose(0, 3, 1, 2)}
     if channels == 1:
         layouts[(height, width)] = lambda a: a[:, None]

@@ -50,12 +50,12 @@ def report(config: Config) -> list[Path]:
             figures.append(plots.plot_example_grid(
                 arrays["example_images"][part], arrays["example_true"][part], arrays["example_predicted"][part],
                 classes, fig / f"examples_{kind}.png", f"{title}: {kind}ly classified test images"))
-    files.report.write_text(render_report(title, settings, train_metrics, history, evaluation, figures,
-                                          format_layer_table(layers)))
+    text = render_report(title, settings, train_metrics, history, evaluation, figures, format_layer_table(layers))
+    files.report.write_text(text)
     tracker = reopen_run(config, files.run_info, "cnnlab report")
     tracker.log_artifacts(figures, "figures")
     tracker.log_artifacts([files.report, files.layers])
-    tracker.set_description(summary(files.report.read_text()))
+    tracker.set_description(summary(text))
     print(f"report: {files.report} with {len(figures)} figures")
     return figures
 

@@ -9,7 +9,7 @@ from typing import Any
 from ..config import Config, ModelConfig
 from ..contract import RunFiles, StudyFiles, winner_name
 from ..files import read_json
-from ..selection import pick_by_validation
+from ..selection import chosen_seed_run, search_winner
 from .export import export
 from .register import register
 from .seeds import seeds
@@ -67,11 +67,6 @@ def winner_config(config: Config, best: dict[str, Any]) -> Config:
                                model=ModelConfig("search_cnn", best["model_kwargs"]))
 
 
-def chosen_seed_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The seed to export and register: the best on validation (its test accuracy is reported only)."""
-    return pick_by_validation(runs, "best_val_accuracy", "best_val_loss")
-
-
 def retrained_winner(config: Config) -> Config:
     """The study's winner (chosen on validation) as a run to retrain over the seeds; refuses
     one over the parameter budget."""
@@ -80,7 +75,7 @@ def retrained_winner(config: Config) -> Config:
     summary = read_json(StudyFiles.of(config).search_summary, "search")
     if not summary["best"]:
         raise RuntimeError(f"study {config.search.study} has no complete trial yet; run `cnnlab search` longer")
-    best = pick_by_validation(summary["best"], "val_accuracy", loss=None)  # Pareto front: its most accurate
+    best = search_winner(summary)
     parameters = count_for(best["model_kwargs"])
     if parameters > config.search.param_budget:
         raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "

@@ -19,17 +19,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..config import Config, ConfigError
+from ..config import SAMPLERS, Config, ConfigError
 from ..contract import ControlFiles, RunFiles, StudyFiles, control_sampler, control_study
 from ..files import read_json, write_json
 from ..metrics import mean_std
 from ..results import format_comparison
+from ..selection import search_winner
 from ..runtime import machine
 from .search import retrained_winner, search
 from .seeds import seeds
-
-SAMPLER_ORDER = ("tpe", "random")
-
 
 def control_config(config: Config) -> Config:
     """The entry with the other sampler, in a study of its own, with no enqueued candidates:
@@ -52,16 +50,16 @@ def retrain_control(config: Config) -> dict[str, Any]:
 def retrained(summary: dict[str, Any]) -> dict[str, Any]:
     """A seeds.json's validation and test accuracy (mean, std, per seed) and wall time."""
     runs = summary["runs"]
-    val_mean, val_std = mean_std([r["best_val_accuracy"] for r in runs])
-    test_mean, test_std = mean_std([r["test_accuracy"] for r in runs])
-    return {"val_accuracy_mean": val_mean, "val_accuracy_std": val_std, "test_accuracy_mean": test_mean,
-            "test_accuracy_std": test_std, "seeds": [r["seed"] for r in runs],
+    val_mean, val_std = mean_std([r["best_val_accuracy"] for r in runs])  # seeds.json holds test's only
+    return {"val_accuracy_mean": val_mean, "val_accuracy_std": val_std,
+            "test_accuracy_mean": summary["test_accuracy_mean"], "test_accuracy_std": summary["test_accuracy_std"],
+            "seeds": [r["seed"] for r in runs],
             "per_seed": [{k: r[k] for k in ("seed", "best_val_accuracy", "test_accuracy")} for r in runs],
             "total_parameters": summary["total_parameters"], "wall_seconds": summary["wall_seconds_total"]}
 
 
 def search_arm(name: str, study: dict[str, Any], winner_seeds: dict[str, Any]) -> dict[str, Any]:
-    best = study["best"][0]
+    best = search_winner(study)  # the trial its retrain-best / retrain-control retrained
     return {"arm": name, "study": study["study"], "sampler": study["sampler"],
             "epoch_budget": study["epoch_budget"], "epochs_spent": study["epochs_spent"], "trials": len(study["trials"]),
             "states": {k: v for k, v in study["states"].items() if v},
@@ -96,7 +94,7 @@ def search_compare(config: Config) -> dict[str, Any]:
     arms = [search_arm(config.search.sampler, own_study, read_json(files.winner_seeds, "retrain-best")),
             search_arm(control_sampler(config.search.sampler), read_json(control.control_summary, "search-control"),
                        read_json(control.control_winner_seeds, "retrain-control"))]
-    arms.sort(key=lambda a: SAMPLER_ORDER.index(a["sampler"]))
+    arms.sort(key=lambda a: SAMPLERS.index(a["sampler"]))
     hand = {"arm": "hand-designed", "model_kwargs": config.model.kwargs,
             "retrained": retrained(read_json(RunFiles.of(config).seeds, "seeds"))}
     check_same_protocol(config, arms, hand)
