@@ -66,7 +66,7 @@ def test_parallel_seeds_train_the_same_runs_as_one_after_another(tmp_path, datas
               "data.download=false", "data.train_subset=1000", "train.epochs=1", "train.progress=false",
               f"tracking.uri={tracking_uri}", "tracking.log_model=false", "tracking.experiment=parallel-seeds",
               "seeds=[0, 1]", "train.threads=2"]
-    assert main(["prepare", *common]) == 0
+    assert main(["prepare", *common, f"outputs_dir={tmp_path / 'prepare'}"]) == 0  # not the project's outputs/
     summaries = {}
     for workers, threads in ((1, 1), (2, 2)):  # 2 threads over 2 workers: 1 each, as sequentially
         out = tmp_path / f"out{workers}"

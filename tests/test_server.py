@@ -115,7 +115,9 @@ def stop(process: subprocess.Popen) -> None:
 def prepared_file(tmp_path_factory, datasets_dir):
     """MNIST prepared once; each working copy gets its own copy of the file."""
     root = tmp_path_factory.mktemp("prepare")
+    # outputs_dir too: the stage's timings.json must not land in the project's own outputs/
     subprocess.run(cnnlab("prepare", "--params", str(TEST_PARAMS), "-S", f"data.prepared_dir={root}",
+                          "-S", f"outputs_dir={root / 'outputs'}",
                           "-S", f"data.datasets_dir={datasets_dir}", "-S", "data.download=false"),
                    check=True, capture_output=True, cwd=root)
     return root / "mnist.pt"
