@@ -332,6 +332,23 @@ def test_hyperband_cuts_trials_at_epoch_rungs():
     assert max(t.params["quality"] for t in complete) > best_pruned * 0.9  # the good ones went on
 
 
+def test_search_wall_time_counts_overlapping_trials_once_and_no_idle_gap():
+    """Two workers' overlapping trials, then a resumption a day later: the wall time is the time
+    during which some trial ran (100 s + 30 s), not first start to last end."""
+    from datetime import datetime, timedelta
+
+    from cnnlab.search import study_wall_seconds
+
+    study = optuna.create_study(direction="maximize")
+    t0 = datetime(2026, 1, 1)
+    for start, end in [(0, 60), (10, 100), (20, 50), (86_400, 86_430)]:
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=optuna.trial.TrialState.COMPLETE, value=0.5, values=None,
+            datetime_start=t0 + timedelta(seconds=start), datetime_complete=t0 + timedelta(seconds=end),
+            params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}))
+    assert study_wall_seconds(study) == pytest.approx(130.0)
+
+
 def test_the_epoch_budget_stops_the_study_and_trials_use_the_whole_split(search_config, mnist_small):
     from cnnlab.search import EPOCHS_ATTR, Objective, epochs_spent
 

@@ -508,11 +508,19 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def study_wall_seconds(study: optuna.Study) -> float:
-    """From the first trial's start to the last one's end (all workers and resumptions)."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
-    if not trials:
-        return 0.0
-    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    """Seconds during which at least one trial ran (all workers and resumptions): the union of
+    the trials' intervals, so parallel trials count once and the idle gap before a resumption
+    not at all."""
+    intervals = sorted((t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+                       if t.datetime_start and t.datetime_complete)
+    seconds, covered_until = 0.0, None
+    for start, end in intervals:
+        if covered_until is not None and start < covered_until:
+            start = covered_until
+        if end > start:
+            seconds += (end - start).total_seconds()
+        covered_until = end if covered_until is None else max(covered_until, end)
+    return seconds
 
 
 def enqueued(trial: optuna.trial.FrozenTrial) -> bool:
