@@ -34,10 +34,10 @@ demo: install
 browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif ! command -v apt-get >/dev/null; then echo "browser: no apt-get here; install Chromium yourself (the MLflow UI test skips without it)"; \
-	elif [ "$$(id -u)" != 0 ]; then echo "browser: installing Chromium needs root: sudo apt-get install -y chromium chromium-driver (the MLflow UI test skips without it)"; \
-	else DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
-	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null) \
-	  || echo "browser: apt-get could not install chromium chromium-driver (offline?); the MLflow UI test skips"; fi
+	elif [ "$$(id -u)" != 0 ]; then echo "browser: installing Chromium needs root: sudo apt-get install -y chromium (the MLflow UI test skips without it)"; \
+	else DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) \
+	  || echo "browser: apt-get could not install chromium (offline?); the MLflow UI test skips"; fi
 
 ## test: the whole suite (slow tests included) in TEST_WORKERS processes; the slowest tests listed at the end
 TEST_WORKERS ?= 2

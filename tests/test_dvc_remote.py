@@ -3,6 +3,8 @@ comes back in a fresh `git clone` with `dvc pull`, byte for byte, so nothing ret
 `dvc push` with no remote named fills the default folder the committed .dvc/config names."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,49 @@ def test_push_with_no_remote_named_fills_the_default_folder(reproduced, tmp_path
     assert f"Cache and remote '{name}' are in sync." in run(["dvc", "status", "--cloud"], repo, env)
     best = lock_outs(repo)[f"{E1_MODEL}/best.pt"]
     assert (storage / "files" / "md5" / best[:2] / best[2:]).is_file()
+
+
+@pytest.mark.slow
+def test_provenance_tells_a_stale_result_from_a_file_only_missing_in_a_fresh_clone(reproduced, tmp_path):
+    """`dvc status` in a fresh clone lists the model and prepared data as not in cache; provenance
+    calls the committed results current, and stale only once code, inputs or outputs change."""
+    from cnnlab.provenance import provenance
+
+    repo, env = reproduced
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    env = env | {"PYTHONPATH": str(clone / "src")}
+    assert "not in cache" in run(["dvc", "status", "evaluate"], clone, env)
+
+    def states() -> dict[str, tuple[str, ...]]:
+        return {row.stage.split(":")[-1]: row.stale for row in provenance(clone)}
+
+    fresh = states()
+    assert fresh["prepare"] == fresh["train"] == fresh["evaluate"] == ()
+    assert fresh["analyze"] == ("never ran under DVC (no dvc.lock entry)",)
+    missing = {path for row in provenance(clone) for path in row.missing}
+    assert {"data/prepared/mnist.pt", f"{E1_MODEL}/best.pt"} <= missing
+
+    out = subprocess.run([sys.executable, "-m", "cnnlab.cli", "provenance", "--check"], cwd=clone, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "current  dvc.yaml:train" in out.stdout and "do not follow" in out.stderr
+
+    # Code that only training runs changed: train is stale, and evaluate with it (it reads train's model).
+    train_stage = clone / "src" / "cnnlab" / "stages" / "train.py"
+    train_stage.write_text(train_stage.read_text() + "\n# an edit\n")
+    edited = states()
+    assert "src/cnnlab/stages/train.py modified" in edited["train"]
+    assert edited["evaluate"] == ("upstream dvc.yaml:train is stale",) and edited["prepare"] == ()
+    run(["git", "checkout", "--", "src"], clone, env)
+
+    # A committed result that differs from what dvc.lock recorded; a lock whose chain does not hold.
+    (clone / E1_OUTPUTS / "eval.json").write_text("{}")
+    lock = clone / "dvc.lock"
+    recorded = yaml.safe_load(lock.read_text())
+    for dep in recorded["stages"]["train"]["deps"]:
+        if dep["path"] == "data/prepared/mnist.pt":
+            dep["md5"] = "0" * 32
+    lock.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    broken = states()
+    assert f"output {E1_OUTPUTS}/eval.json modified" in broken["evaluate"]
+    assert "input data/prepared/mnist.pt is not what dvc.yaml:prepare recorded" in broken["train"]

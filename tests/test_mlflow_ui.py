@@ -44,8 +44,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def chromium():
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip("Chromium is not installed: `make browser` installs it (apt-get install -y chromium "
-                    "chromium-driver) or says why it cannot")
+        pytest.skip("Chromium is not installed: `make browser` installs it (apt-get install -y chromium) "
+                    "or says why it cannot")
     return CHROMIUM
 
 

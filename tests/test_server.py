@@ -236,6 +236,21 @@ def test_unreachable_postgres_names_the_url_and_the_fix(tmp_path):
     assert "Fix: start PostgreSQL" in result.stderr
 
 
+def test_an_existing_database_is_used_without_the_maintenance_database(databases, monkeypatch):
+    """A role that may connect to its own database only: the store's database exists, so the
+    maintenance database is never needed; a missing one names the step that failed and the fix."""
+    from sqlalchemy.engine import make_url
+
+    from cnnlab import server
+
+    monkeypatch.setattr(server, "MAINTENANCE_DATABASE", f"cnnlab_absent_{uuid.uuid4().hex[:8]}")
+    assert server.ensure_database(make_url(databases["optuna"])) is False
+    missing = make_url(databases["optuna"]).set(database=f"cnnlab_missing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(server.ServerError, match=f"cannot create the database '{missing.database}'.*connecting to "
+                                                 f"the '{server.MAINTENANCE_DATABASE}' database.*createdb"):
+        server.ensure_database(missing)
+
+
 def test_pools_that_could_exhaust_postgres_are_refused_with_the_numbers(databases, tmp_path):
     result = subprocess.run(cnnlab("server", "--check", "--params", str(TEST_PARAMS), "-S", "server.workers=200",
                                    "-S", f"server.backend_store={databases['optuna']}"),

@@ -109,6 +109,12 @@ def cmd_results(config: Config, args) -> None:
         raise ConfigError(str(err)) from err
 
 
+def cmd_provenance(config: Config, args) -> None:
+    from .provenance import provenance_table
+
+    provenance_table(Path(args.params).resolve().parent, args.check)
+
+
 def cmd_predict(config: None, args) -> None:
     from .stages.predict import predict
 
@@ -143,8 +149,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
        if name not in ("compare", "separability")},
     "compare": (cmd_compare, stage("compare").summary),
     "separability": (cmd_separability, stage("separability").summary),
-    "results": (cmd_results, "regenerate the figures in README.md and docs/RESULTS.md from the committed "
-                             "result files (--check: compare)"),
+    "results": (cmd_results, "regenerate the docs' figures from the committed result files (--check: compare)"),
+    "provenance": (cmd_provenance, "whether committed results follow from the code (--check: exit 2 if not)"),
     "server": (cmd_server, "a shared MLflow tracking server: PostgreSQL store, proxied artifacts (--check: "
                            "create the database and check the pools only)"),
     "dvc-yaml": (cmd_dvc_yaml, "write dvc.yaml and experiments/dvc.yaml from the stage contract (--check: compare)"),
@@ -180,11 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             p.add_argument("--tolerance", type=float, default=0.005,
                            help="|ours - reference| within this counts as a match (default 0.005 = 0.5 pp)")
-        if name in ("dvc-yaml", "results"):
-            p.add_argument("--check", action="store_true", help="only compare; exit 2 when a file differs")
-        if name == "server":
-            p.add_argument("--check", action="store_true",
-                           help="create the database and check the connection pools, then stop")
+        if name in ("dvc-yaml", "results", "provenance", "server"):
+            p.add_argument("--check", action="store_true", help="only check, as the description above says")
     return parser
 
 

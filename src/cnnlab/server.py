@@ -112,10 +112,27 @@ def _unreachable(url, err: Exception) -> ServerError:
         f"-S server.backend_store={EXAMPLE_URL} (password in $PGPASSWORD or ~/.pgpass)")
 
 
+def _cannot_create(url, err: Exception, step: str = "CREATE DATABASE") -> ServerError:
+    reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+    return ServerError(f"cannot create the database {url.database!r} on {shown(str(url))}: {step} failed ({reason}). "
+                       f"Fix: create it yourself (`createdb {url.database}`) or grant CREATEDB to {url.username}")
+
+
 def ensure_database(url) -> bool:
-    """Create the PostgreSQL database ``url`` names unless it exists; True when created."""
+    """Create the PostgreSQL database ``url`` names unless it exists; True when created. An existing
+    database is used as it is: a role that may connect to its own database only (as on many managed
+    servers) never needs the maintenance database."""
     import sqlalchemy
 
+    target = _engine(url)
+    try:
+        with target.connect():
+            return False
+    except sqlalchemy.exc.OperationalError as err:
+        if "does not exist" not in str(err):
+            raise _unreachable(url, err) from err
+    finally:
+        target.dispose()
     maintenance = _engine(url.set(database=MAINTENANCE_DATABASE), named=url)
     try:
         with maintenance.connect() as connection:
@@ -128,12 +145,10 @@ def ensure_database(url) -> bool:
                 connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
             except sqlalchemy.exc.ProgrammingError as err:  # another `cnnlab server` created it first
                 if "already exists" not in str(err):
-                    raise ServerError(f"cannot create the database {url.database!r} on {shown(str(url))}: "
-                                      f"{getattr(err, 'orig', err)}. Fix: create it yourself "
-                                      f"(`createdb {url.database}`) or grant CREATEDB to {url.username}") from err
+                    raise _cannot_create(url, err) from err
                 return False
-    except sqlalchemy.exc.OperationalError as err:
-        raise _unreachable(url, err) from err
+    except sqlalchemy.exc.OperationalError as err:  # the server answered above: this is about the maintenance db
+        raise _cannot_create(url, err, f"connecting to the {MAINTENANCE_DATABASE!r} database to create it") from err
     finally:
         maintenance.dispose()
     log.info("created the PostgreSQL database %s for the MLflow store", url.database)

@@ -14,7 +14,7 @@ from cnnlab.data import DatasetError, SourceContext, load_raw, prepare, summariz
 from cnnlab.data.digits import read_idx
 from cnnlab.data.prepare import load_prepared, save_prepared
 
-from .conftest import PROJECT_ROOT
+from ..conftest import PROJECT_ROOT
 
 
 def context(datasets_dir=None, raw_dir=Path("/nonexistent"), **kw):

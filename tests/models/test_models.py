@@ -18,10 +18,11 @@ EXPECTED_PARAMETERS = {
     # 18,560 (2 BN-conv) + 57,536 (+ 1x1 projection) + 229,760 + final BN 256 + linear 1,290
     "search_cnn": 308_266,
     # stem 928 + 16 MBConv blocks 2,957,920 + head conv/BN 412,160 + linear 1,281,000 = the
-    # ImageNet state dict's parameter count (tests/test_efficientnet.py checks the two agree)
+    # ImageNet state dict's parameter count (tests/models/test_efficientnet.py checks the two agree)
     "efficientnet_lite0": 4_652_008,
     # torchvision's published counts at 1000 classes (its weights enums' meta["num_params"];
-    # tests/test_backbones.py checks they agree): features 2,469,696 + FC 37,752,832 + FC 16,781,312 + head 4,097,000
+    # tests/models/test_backbones.py checks they agree): features 2,469,696 + FC 37,752,832
+    # + FC 16,781,312 + head 4,097,000
     "alexnet": 61_100_840,
     # stem 9,536 + layer1-4 11,166,976 + fc 513,000
     "resnet18": 11_689_512,
