@@ -40,6 +40,18 @@ class CachedOut:
     stage: str
 
 
+def stage_outs(dvc_path: Path, entry: dict) -> list[tuple[Path, bool]]:
+    """A dvc.yaml stage's outputs (outs, metrics, plots): each absolute path, and whether DVC caches it."""
+    wdir = dvc_path.parent / entry.get("wdir", ".")
+    found = []
+    for group in ("outs", "metrics", "plots"):
+        for out in entry.get(group) or []:
+            out_path, options = next(iter(out.items())) if isinstance(out, dict) else (out, None)
+            # DVC caches unless told not to
+            found.append((Path(os.path.abspath(wdir / out_path)), (options or {}).get("cache", True)))
+    return found
+
+
 @functools.lru_cache(maxsize=None)
 def cached_outs(root: Path) -> tuple[CachedOut, ...]:
     """Every cached output the dvc.yaml files under ``root`` declare (read once per process)."""
@@ -49,12 +61,7 @@ def cached_outs(root: Path) -> tuple[CachedOut, ...]:
         if not path.is_file():
             continue
         for name, entry in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).items():
-            wdir = path.parent / entry.get("wdir", ".")
-            for group in ("outs", "metrics", "plots"):
-                for out in entry.get(group) or []:
-                    out_path, options = next(iter(out.items())) if isinstance(out, dict) else (out, None)
-                    if (options or {}).get("cache", True):  # DVC caches unless told not to
-                        found.append(CachedOut(Path(os.path.abspath(wdir / out_path)), dvc_file, name))
+            found += [CachedOut(out, dvc_file, name) for out, cached in stage_outs(path, entry) if cached]
     return tuple(found)
 
 

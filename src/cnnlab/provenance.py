@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError
-from .dvc_guard import cached_outs
+from .dvc_guard import stage_outs
 from .dvcgen import CATALOGUE_DVC, MAIN_FILE
 
 # The pipelines whose results are committed (demo/dvc.yaml's land in a DVC experiment, not in git).
@@ -32,7 +32,6 @@ RECORDED_PIPELINES = (MAIN_FILE, CATALOGUE_DVC)
 # How `dvc status` marks a stage declared always_changed (compare reads whichever runs exist); it
 # says nothing about the stage's inputs, which are checked like any other stage's.
 ALWAYS_CHANGED = "always changed"
-OUT_GROUPS = ("outs", "metrics", "plots")
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,9 @@ class Declared:
 
     deps: tuple[Path, ...]
     outs: tuple[Path, ...]
+    cached: frozenset[Path]  # the outs DVC caches (absent from a clone until `dvc pull`)
     recorded_deps: dict[Path, str] | None  # path -> md5; None: no dvc.lock entry
     recorded_outs: dict[Path, str]
-
-
-def entry_path(entry) -> str:
-    """A dvc.yaml list item's path: `- path` or `- path: {options}`."""
-    return next(iter(entry)) if isinstance(entry, dict) else entry
 
 
 def pipelines(root: Path) -> list[str]:
@@ -78,10 +73,10 @@ def declared_stages(root: Path) -> dict[str, Declared]:
             def absolute(path: str) -> Path:
                 return Path(os.path.abspath(wdir / path))
 
-            recorded = lock.get(name)
+            recorded, outs = lock.get(name), stage_outs(root / dvc_file, entry)
             stages[f"{dvc_file}:{name}"] = Declared(
-                deps=tuple(absolute(entry_path(d)) for d in entry.get("deps", [])),
-                outs=tuple(absolute(entry_path(o)) for group in OUT_GROUPS for o in entry.get(group) or []),
+                deps=tuple(absolute(dep) for dep in entry.get("deps", [])),
+                outs=tuple(out for out, _ in outs), cached=frozenset(out for out, cached in outs if cached),
                 recorded_deps=None if recorded is None else
                 {absolute(d["path"]): d.get("md5", "") for d in recorded.get("deps", [])},
                 recorded_outs={} if recorded is None else
@@ -107,7 +102,7 @@ def producers(stages: dict[str, Declared]) -> dict[Path, str]:
 
 
 def stage_changes(stage: Declared, changes: list, root: Path, writers: dict[Path, str],
-                  stages: dict[str, Declared], cached: set[Path]) -> tuple[list[str], list[str]]:
+                  stages: dict[str, Declared]) -> tuple[list[str], list[str]]:
     """Sort one stage's `dvc status` changes into reasons it is stale and cached files missing."""
     stale, missing = [], []
 
@@ -125,7 +120,7 @@ def stage_changes(stage: Declared, changes: list, root: Path, writers: dict[Path
                 if isinstance(status, dict):  # a params file: key -> status
                     stale += [f"param {key} {what}" for key, what in status.items()]
                 elif kind == "changed outs":
-                    if path in cached and status in ("deleted", "not in cache"):
+                    if path in stage.cached and status in ("deleted", "not in cache"):
                         missing.append(shown(path))
                     else:
                         stale.append(f"output {shown(path)} {status}")
@@ -145,13 +140,12 @@ def provenance(root: Path) -> list[StageProvenance]:
     stages = declared_stages(root)
     status = {key: changes for dvc_file in pipelines(root) for key, changes in dvc_status(root, dvc_file).items()}
     writers = producers(stages)
-    cached = {out.path for out in cached_outs(root)}
     stale, missing = {}, {}
     for name, stage in stages.items():
         if stage.recorded_deps is None:
             stale[name], missing[name] = ["never ran under DVC (no dvc.lock entry)"], []
         else:
-            stale[name], missing[name] = stage_changes(stage, status.get(name, []), root, writers, stages, cached)
+            stale[name], missing[name] = stage_changes(stage, status.get(name, []), root, writers, stages)
     upstream_stale = True
     while upstream_stale:  # a stage reading what a stale stage wrote is stale too, down the chain
         upstream_stale = False

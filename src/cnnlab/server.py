@@ -104,17 +104,21 @@ def _engine(url, named=None):
                           f"e.g. {EXAMPLE_URL} (psycopg2 is installed with cnnlab)") from err
 
 
+def _reason(err: Exception) -> str:
+    """The database driver's first line about ``err`` (SQLAlchemy wraps it in ``orig``)."""
+    return str(getattr(err, "orig", err)).strip().splitlines()[0]
+
+
 def _unreachable(url, err: Exception) -> ServerError:
-    reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
     return ServerError(
-        f"cannot reach PostgreSQL for the MLflow store {shown(str(url))} ({reason}). Fix: start PostgreSQL there "
+        f"cannot reach PostgreSQL for the MLflow store {shown(str(url))} ({_reason(err)}). Fix: start PostgreSQL there "
         f"(e.g. `sudo systemctl start postgresql`), or point the server at a reachable one with "
         f"-S server.backend_store={EXAMPLE_URL} (password in $PGPASSWORD or ~/.pgpass)")
 
 
 def _cannot_create(url, err: Exception, step: str = "CREATE DATABASE") -> ServerError:
-    reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
-    return ServerError(f"cannot create the database {url.database!r} on {shown(str(url))}: {step} failed ({reason}). "
+    return ServerError(f"cannot create the database {url.database!r} on {shown(str(url))}: {step} failed "
+                       f"({_reason(err)}). "
                        f"Fix: create it yourself (`createdb {url.database}`) or grant CREATEDB to {url.username}")
 
 
