@@ -119,3 +119,28 @@ def test_the_e5_comparison_block_states_each_target_as_met_or_not(tmp_path):
     comparison_file(tmp_path, tpe_test=0.9080, hand_test=0.9050, hours=2.6)
     missed = regenerate(doc, tmp_path)
     assert missed.count("**not met**") == 3  # below 91%, over the hours, under the +0.5 pp gain
+
+
+def test_the_e5_comparison_quotes_the_arms_retrained_so_far(tmp_path):
+    """Before search-compare has run, a retrained winner and hand-designed net over the same
+    seeds are compared; an arm not yet retrained, or other seeds, are named instead."""
+    doc = "<!-- results:e5-comparison -->\n<!-- /results:e5-comparison -->\n"
+    for name in ("e5_search", "e5_search_winner"):
+        shutil.copytree(PROJECT_ROOT / "outputs" / name, tmp_path / "outputs" / name)
+    hand_path = tmp_path / "outputs/e5_search/seeds.json"
+    hand_path.unlink(missing_ok=True)
+    assert "Not retrained yet: `seeds-e5_search`." in regenerate(doc, tmp_path)
+    winner = json.loads((tmp_path / "outputs/e5_search_winner/seeds.json").read_text())
+    hand = {**winner, "total_parameters": 123_456,
+            "runs": [{**r, "test_accuracy": r["test_accuracy"] - 0.01} for r in winner["runs"]]}
+    hand["test_accuracy_mean"] = winner["test_accuracy_mean"] - 0.01
+    hand_path.write_text(json.dumps(hand))
+    text = regenerate(doc, tmp_path)
+    assert "hand-designed net (123,456 parameters" in text and "+1.00 pp against >= +0.5 pp, met" in text
+    assert "The control study's arm has not run yet" in text
+    hand["test_accuracy_mean"] = winner["test_accuracy_mean"] + 0.002
+    hand_path.write_text(json.dumps(hand))
+    assert "-0.20 pp against >= +0.5 pp, **not met**" in regenerate(doc, tmp_path)
+    hand["runs"] = hand["runs"][:2]
+    hand_path.write_text(json.dumps(hand))
+    assert "not compared" in regenerate(doc, tmp_path)

@@ -165,11 +165,14 @@ def e1_headline(root: Path) -> str:
             f"training ({train['runtime']}). {_sources(f'{run}/seeds.json', f'{run}/eval.json', f'{run}/train_metrics.json')}\n")
 
 
+E5_SEARCH = "outputs/e5_search/search.json"
+
+
 def e5_files(root: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """E5's search.json and its retrained winner's seeds.json; None for the latter until that
     study's winner is retrained (a seeds.json of another parameter count belongs to an earlier
     study, and must not lend this one its accuracy)."""
-    search, seeds = _load(root, "outputs/e5_search/search.json"), _load(root, "outputs/e5_search_winner/seeds.json")
+    search, seeds = _load(root, E5_SEARCH), _load(root, "outputs/e5_search_winner/seeds.json")
     winner = search_winner(search)["parameters"] if search["best"] else None
     return search, seeds if retrained_parameters(seeds) == winner else None
 
@@ -270,10 +273,14 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+E5_HAND_DESIGNED = "outputs/e5_search/seeds.json"  # `cnnlab seeds` on the entry's own model and recipe
+E5_CONTROL_SEEDS = "outputs/e5_search_random_winner/seeds.json"  # `cnnlab retrain-control`
+
+
 def e5_comparison(root: Path) -> str:
     if not (root / E5_COMPARISON).exists():
         return (f"Not run yet with this protocol: `dvc repro experiments/dvc.yaml:search_compare-e5_search` "
-                f"writes `{E5_COMPARISON}` and `outputs/e5_search/search_comparison.png`.\n")
+                f"writes `{E5_COMPARISON}` and `outputs/e5_search/search_comparison.png`. " + e5_arms_so_far(root))
     comparison = _load(root, E5_COMPARISON)
     (own,) = [arm for arm in comparison["arms"] if arm.get("study") == comparison["study"]]  # not the control
     test = own["retrained"]["test_accuracy_mean"]
@@ -291,6 +298,34 @@ def e5_comparison(root: Path) -> str:
             f"epochs over seeds {comparison['seeds']} on {_machine(comparison['machine'])}.\n\n"
             + format_comparison(comparison) + "\n" + f"Targets for `{own['arm']}`: " + "; ".join(verdicts) + ". "
             + "![search comparison](../outputs/e5_search/search_comparison.png)\n\n" + _sources(E5_COMPARISON) + "\n")
+
+
+def e5_arms_so_far(root: Path) -> str:
+    """Until every arm has run: the study's retrained winner against the hand-designed net, when
+    both were retrained over the same seeds, so a finished arm is quoted before the control is."""
+    if not (root / E5_SEARCH).exists():
+        return "\n"
+    search, winner = e5_files(root)
+    hand = _load(root, E5_HAND_DESIGNED) if (root / E5_HAND_DESIGNED).exists() else None
+    if winner is None or hand is None:
+        missing = [stage for stage, seeds in (("retrain_best", winner), ("seeds", hand)) if seeds is None]
+        return "Not retrained yet: " + ", ".join(f"`{stage}-e5_search`" for stage in missing) + ".\n"
+
+    def accuracy(seeds: dict[str, Any]) -> str:
+        return mean_std([r["test_accuracy"] for r in seeds["runs"]])
+
+    seed_lists = [[r["seed"] for r in seeds["runs"]] for seeds in (winner, hand)]
+    if seed_lists[0] != seed_lists[1]:
+        return (f"The {search['sampler']} winner and the hand-designed net were retrained over other seeds "
+                f"({seed_lists[0]} and {seed_lists[1]}): not compared.\n")
+    gain = 100 * (winner["test_accuracy_mean"] - hand["test_accuracy_mean"])
+    return (f"So far, over seeds {seed_lists[0]}: the {search['sampler']} study's winner "
+            f"({retrained_parameters(winner):,d} parameters, its searched recipe) {accuracy(winner)} test, the "
+            f"hand-designed net ({retrained_parameters(hand):,d} parameters, its own recipe) {accuracy(hand)}: "
+            f"{gain:+.2f} pp against >= +{E5_TARGETS['gain_pp']} pp, "
+            + ("met" if gain >= E5_TARGETS["gain_pp"] else "**not met**")
+            + (". " if (root / E5_CONTROL_SEEDS).exists() else ". The control study's arm has not run yet. ")
+            + _sources("outputs/e5_search_winner/seeds.json", E5_HAND_DESIGNED) + "\n")
 
 
 def e8(root: Path) -> str:
