@@ -21,6 +21,18 @@ def test_committed_dvc_yaml_files_are_the_generated_ones():
         assert path.read_text() == text, f"{path} differs from the stage contract: run `cnnlab dvc-yaml`"
 
 
+def test_every_quoted_seeds_file_has_a_stage_and_the_main_pipeline_trains_once():
+    """E1's seeds.json (quoted in the README) is a catalogue-pipeline stage of its own: a
+    `dvc exp run` of the main pipeline trains one model, not one per seed as well."""
+    pipelines = {path.relative_to(PROJECT_ROOT).as_posix(): yaml.safe_load(text)["stages"]
+                 for path, text in generated(PROJECT_ROOT).items()}
+    assert not any(name.startswith("seeds") for name in pipelines["dvc.yaml"])
+    declared = {next(iter(out)) for entry in pipelines["experiments/dvc.yaml"].values()
+                for out in entry.get("metrics", [])}
+    committed = {path.relative_to(PROJECT_ROOT).as_posix() for path in (PROJECT_ROOT / "outputs").glob("*/seeds.json")}
+    assert "outputs/e1_mnist_simple_cnn/seeds.json" in committed and committed <= declared
+
+
 def test_results_free_settings_are_not_dvc_params():
     params = set(STAGES["train"].params())
     assert {"train.lr", "data.train_subset", "data.classes", "transfer.policy", "train.augment"} <= params

@@ -27,7 +27,10 @@ SEPARABILITY_GROUPS = ("e8",)
 # Catalogue entries that also run a sweep over their own settings.
 # E5's three arms (its study, the other sampler's, its hand-designed model over the seeds) are
 # stages of their own, so each is cached and resumed apart from the others.
-ENTRY_SWEEPS = {"e1_fast": ("seeds",),
+# The main pipeline's entry (E1) has its sweep here too, not in dvc.yaml: a `dvc exp run` of a
+# main-pipeline variant must not retrain every seed.
+ENTRY_SWEEPS = {"e1_mnist_simple_cnn": ("seeds",),
+                "e1_fast": ("seeds",),
                 "e5_search": ("search", "search_report", "retrain_best", "search_control", "retrain_control",
                               "seeds", "search_compare"),
                 "e6_finetune": ("freeze_sweep",)}
@@ -144,10 +147,8 @@ def catalogue_pipeline(params: Path) -> dict[str, Any]:
             stages[f"{step}-{name}"] = stage_entry(STAGES[step], config, catalogue,
                                                    f"cnnlab {step} -S experiment={name}", "..",
                                                    file_deps(config) if step == "train" else [])
-        for sweep in ENTRY_SWEEPS.get(name, ()):
-            stages[f"{sweep}-{name}"] = stage_entry(SWEEPS[sweep], config, catalogue,
-                                                    f"cnnlab {sweep.replace('_', '-')} -S experiment={name}", "..",
-                                                    file_deps(config))
+        stages.update(entry_sweeps(config, catalogue))
+    stages.update(entry_sweeps(main, catalogue))
     for group in SEPARABILITY_GROUPS:
         members = [runs[n] for n in runs if catalogue.reference(n).get("group") == group]
         summary, figure = group_files(main, group)
@@ -162,6 +163,15 @@ def catalogue_pipeline(params: Path) -> dict[str, Any]:
                          "always_changed": True}  # reads every experiment's outputs, whichever ran
     stages["compare"]["params"] = [{CATALOGUE_FILE: ["experiments"]}]
     return {"stages": stages}
+
+
+def entry_sweeps(config: Config, catalogue: Catalogue) -> dict[str, Any]:
+    """The stages of ENTRY_SWEEPS for this entry, named `<sweep>-<entry>`."""
+    name = config.experiment
+    return {f"{sweep}-{name}": stage_entry(SWEEPS[sweep], config, catalogue,
+                                           f"cnnlab {sweep.replace('_', '-')} -S experiment={name}", "..",
+                                           file_deps(config))
+            for sweep in ENTRY_SWEEPS.get(name, ())}
 
 
 def prepare_settings(config: Config) -> dict[str, Any]:
