@@ -166,13 +166,14 @@ def e1_headline(root: Path) -> str:
 
 
 E5_SEARCH = "outputs/e5_search/search.json"
+E5_WINNER_SEEDS = "outputs/e5_search_winner/seeds.json"  # `cnnlab retrain-best`
 
 
 def e5_files(root: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """E5's search.json and its retrained winner's seeds.json; None for the latter until that
     study's winner is retrained (a seeds.json of another parameter count belongs to an earlier
     study, and must not lend this one its accuracy)."""
-    search, seeds = _load(root, E5_SEARCH), _load(root, "outputs/e5_search_winner/seeds.json")
+    search, seeds = _load(root, E5_SEARCH), _load(root, E5_WINNER_SEEDS)
     winner = search_winner(search)["parameters"] if search["best"] else None
     return search, seeds if retrained_parameters(seeds) == winner else None
 
@@ -182,7 +183,13 @@ def retrained_parameters(seeds: dict[str, Any]) -> int:
 
 
 E5_TARGETS = {"test_accuracy": 0.91, "hours": 2.5, "gain_pp": 0.5}
-E5_NOT_RETRAINED = ("its winner is not retrained yet (`outputs/e5_search_winner/seeds.json` belongs to an earlier "
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**not met**"
+
+
+E5_NOT_RETRAINED = (f"its winner is not retrained yet (`{E5_WINNER_SEEDS}` belongs to an earlier "
                     "study): `dvc repro experiments/dvc.yaml:retrain_best-e5_search` retrains it")
 
 
@@ -195,12 +202,12 @@ def e5_headline(root: Path) -> str:
         best = search_winner(search)
         return (study + f"the best, trial {best['number']} ({best['parameters']:,d} parameters, "
                 f"{pct(best['val_accuracy'])} validation), is the winner, but {E5_NOT_RETRAINED}. "
-                f"{_sources('outputs/e5_search/search.json')}\n")
+                f"{_sources(E5_SEARCH)}\n")
     evals = [_load(root, f"outputs/e5_search_winner/seed{r['seed']}/eval.json") for r in seeds["runs"]]
     return (study + f"the winner, {retrained_parameters(seeds):,d} parameters, retrained over {len(evals)} seeds: "
             f"**{mean_std([e['test_accuracy'] for e in evals])} CIFAR-10 test accuracy** with flip TTA, "
             f"{mean_std([e['test_accuracy_without_tta'] for e in evals])} without. "
-            f"{_sources('outputs/e5_search/search.json', 'outputs/e5_search_winner/seeds.json')}\n")
+            f"{_sources(E5_SEARCH, E5_WINNER_SEEDS)}\n")
 
 
 def e5(root: Path) -> str:
@@ -216,7 +223,7 @@ def e5(root: Path) -> str:
                  f"{pct(best['val_accuracy'])} validation in the search. " + _importances(search))
     if seeds is None:
         return "\n".join([summary, "", f"Not retrained: {E5_NOT_RETRAINED}. "
-                           + _sources("outputs/e5_search/search.json")])
+                           + _sources(E5_SEARCH)])
     seed_rows = []
     for run in seeds["runs"]:
         folder = f"outputs/e5_search_winner/seed{run['seed']}"
@@ -234,7 +241,7 @@ def e5(root: Path) -> str:
         _table(("seed", "best validation", "test (flip TTA)", "test without TTA", "training"), seed_rows).rstrip("\n"),
         "", f"Registered: `{registered['name']}` v{registered['version']} (alias `{registered['alias']}`), the seed with "
         f"the best validation accuracy. "
-        + _sources("outputs/e5_search/search.json", "outputs/e5_search_winner/seeds.json",
+        + _sources(E5_SEARCH, E5_WINNER_SEEDS,
                    "outputs/e5_search_winner/seed*/{eval,train_metrics,registered}.json"),
     ]
     return "\n".join(lines)
@@ -288,11 +295,11 @@ def e5_comparison(root: Path) -> str:
     gain = comparison["gain_over_hand_designed_pp"][own["arm"]]
     verdicts = [
         f"test accuracy {pct(test)} against >= {pct(E5_TARGETS['test_accuracy'], 1)}: "
-        + ("met" if test >= E5_TARGETS["test_accuracy"] else "**not met**"),
+        + _verdict(test >= E5_TARGETS["test_accuracy"]),
         f"search + retraining {hours:.2f} h against <= {E5_TARGETS['hours']} h: "
-        + ("met" if hours <= E5_TARGETS["hours"] else "**not met**"),
+        + _verdict(hours <= E5_TARGETS["hours"]),
         f"{gain:+.2f} pp over the hand-designed candidate against >= +{E5_TARGETS['gain_pp']} pp: "
-        + ("met" if gain >= E5_TARGETS["gain_pp"] else "**not met**"),
+        + _verdict(gain >= E5_TARGETS["gain_pp"]),
     ]
     return (f"{comparison['epoch_budget']} trial-epochs per sampler, winners retrained {comparison['retrain_epochs']} "
             f"epochs over seeds {comparison['seeds']} on {_machine(comparison['machine'])}.\n\n"
@@ -323,9 +330,9 @@ def e5_arms_so_far(root: Path) -> str:
             f"({retrained_parameters(winner):,d} parameters, its searched recipe) {accuracy(winner)} test, the "
             f"hand-designed net ({retrained_parameters(hand):,d} parameters, its own recipe) {accuracy(hand)}: "
             f"{gain:+.2f} pp against >= +{E5_TARGETS['gain_pp']} pp, "
-            + ("met" if gain >= E5_TARGETS["gain_pp"] else "**not met**")
+            + _verdict(gain >= E5_TARGETS["gain_pp"])
             + (". " if (root / E5_CONTROL_SEEDS).exists() else ". The control study's arm has not run yet. ")
-            + _sources("outputs/e5_search_winner/seeds.json", E5_HAND_DESIGNED) + "\n")
+            + _sources(E5_WINNER_SEEDS, E5_HAND_DESIGNED) + "\n")
 
 
 def e8(root: Path) -> str:
