@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp faults lint clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds faults lint clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: install
 ## bench/ddp_throughput.json (README, "Training on several processes or GPUs"). Run it on an idle machine.
 bench-ddp: install
 	$(BIN)/python bench/ddp_throughput.py --repeats 5 --out bench/ddp_throughput.json
+
+## bench-seeds: which seed_workers trains E5's seeds soonest here (1, 2 or 3 processes at once);
+## writes bench/seed_layout.json. Run it on an idle machine.
+bench-seeds: install
+	$(BIN)/python bench/seed_layout.py --experiment e5_search --repeats 3 --out bench/seed_layout.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")

@@ -1,4 +1,5 @@
-"""Run stages while recording which settings each reads and which cnnlab modules it imports.
+"""Run stages while recording which settings each reads, which cnnlab modules it imports and
+which files of the run's folders (outputs, models, prepared data) it reads and writes.
 
     python -m tests.stage_probe PLAN.json    # [{"stage", "out", "params", "group", "overrides"}, ...]
 
@@ -9,7 +10,10 @@ of a result-changing setting, so they are not recorded. The stages run in order,
 child forked from one process that imported the third-party libraries first (torch, MLflow, ...;
 no cnnlab module beyond this probe's own): each child starts with no stage's cnnlab modules, so
 the modules in its ``sys.modules`` afterwards are the ones its stage needed, and the seconds of
-importing are paid once, not once per stage.
+importing are paid once, not once per stage. A file counts as read when Python opens it for
+reading (the ``open`` audit event: ``open``, ``Path.read_text``, ``np.load``, ``torch.load``)
+and as written when it is new or changed afterwards (``torch.save`` writes from C++, unseen by
+the audit hook).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import threading
 import typing
+from pathlib import Path
 
 import cnnlab.config as config_module
 from cnnlab.config import Config, load_config
@@ -70,12 +76,40 @@ HEAVY_LIBRARIES = ("numpy", "torch", "torchvision", "mlflow", "optuna", "sklearn
                    "onnxruntime", "openTSNE", "yaml", "sqlalchemy")
 
 
+def run_folders(config: Config) -> list[Path]:
+    return [Path(config.outputs_dir).resolve(), Path(config.models_dir).resolve(),
+            Path(config.data.prepared_dir).resolve()]
+
+
+def snapshot(folders: list[Path]) -> dict[str, int]:
+    return {str(f): f.stat().st_mtime_ns for folder in folders if folder.exists()
+            for f in folder.rglob("*") if f.is_file()}
+
+
+def install_open_hook(folders: list[Path], opened: set[str]) -> None:
+    def hook(event: str, args: tuple) -> None:
+        if event != "open" or isinstance(args[0], int):
+            return
+        path, mode, flags = args
+        reading = ("r" in mode and "+" not in mode) if isinstance(mode, str) else (flags & os.O_ACCMODE) == os.O_RDONLY
+        if not reading:
+            return
+        resolved = Path(os.fsdecode(path)).resolve()
+        if any(folder == resolved or folder in resolved.parents for folder in folders):
+            opened.add(str(resolved))
+
+    sys.addaudithook(hook)
+
+
 def probe(stage_name: str, out: str, params: str, group: str, overrides: list[str]) -> None:
     config = load_config(params, overrides)
     spec = stage(stage_name)
     module = __import__(f"cnnlab.{spec.module}", fromlist=[spec.function])
     function = getattr(module, spec.function)
     reads: set[str] = set()
+    folders, opened = run_folders(config), set()
+    before = snapshot(folders)
+    install_open_hook(folders, opened)
     install_tracer(reads)
     if stage_name == "separability":
         function(config, group, params)
@@ -84,8 +118,9 @@ def probe(stage_name: str, out: str, params: str, group: str, overrides: list[st
     else:
         function(config)
     modules = sorted(m for m in sys.modules if m == "cnnlab" or m.startswith("cnnlab."))
+    written = sorted(path for path, mtime in snapshot(folders).items() if before.get(path) != mtime)
     with open(out, "w") as handle:
-        json.dump({"reads": sorted(reads), "modules": modules}, handle)
+        json.dump({"reads": sorted(reads), "modules": modules, "opened": sorted(opened), "written": written}, handle)
 
 
 def run_plan(plan: list[dict]) -> int:

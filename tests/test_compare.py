@@ -7,6 +7,7 @@ import pytest
 from cnnlab.cli import main
 from cnnlab.compare import Row, experiment_row, format_freeze_sweep, format_markdown, mean_interval, verdict
 from cnnlab.config import catalogue_for, load_config
+from cnnlab.contract import EntryResults
 
 from .conftest import PROJECT_ROOT
 
@@ -48,10 +49,10 @@ def _seeds(test, best_val):
                                          for s, (a, v) in enumerate(zip(test, best_val))]}
 
 
-def _row(tmp_path, reference, experiment="e3_mnist_k5_s1_same", **files):
+def _row(tmp_path, reference, experiment="e3_mnist_k5_s1_same", sweeps=(), **files):
     config = load_config(PROJECT_ROOT / "params.yaml", [f"experiment={experiment}", f"outputs_dir={tmp_path}"])
     _write(config.output_dir, **files)
-    return experiment_row(config, reference, 0.005, lambda _: "")
+    return experiment_row(config, EntryResults.of(config, sweeps), reference, 0.005, lambda _: "")
 
 
 ONE_RUN = {"eval": {"test_accuracy": 0.95, "parameters": 1000},
@@ -61,7 +62,7 @@ ONE_RUN = {"eval": {"test_accuracy": 0.95, "parameters": 1000},
 def test_a_best_val_reference_compares_with_best_val_accuracy(tmp_path):
     row = _row(tmp_path, {"best_val_accuracy": 0.98}, **ONE_RUN)
     assert (row.metric, row.mean, row.verdict) == ("best_val_accuracy", 0.98, "matches")
-    seeds = _row(tmp_path / "seeds", {"best_val_accuracy": [0.97, 0.98]},
+    seeds = _row(tmp_path / "seeds", {"best_val_accuracy": [0.97, 0.98]}, sweeps=("seeds",),
                  seeds=_seeds([0.90, 0.91, 0.92], [0.975, 0.976, 0.977]))
     assert seeds.mean == pytest.approx(0.976) and seeds.runs == 3 and seeds.verdict == "matches"
     assert seeds.interval[0] < 0.976 < seeds.interval[1]
@@ -82,7 +83,7 @@ def test_a_derived_reference_gets_no_verdict(tmp_path):
 
 
 def test_with_three_seeds_a_row_reports_its_interval(tmp_path):
-    row = _row(tmp_path, {"test_accuracy": 0.80}, seeds=_seeds([0.90, 0.91, 0.92], [0.9, 0.9, 0.9]))
+    row = _row(tmp_path, {"test_accuracy": 0.80}, sweeps=("seeds",), seeds=_seeds([0.90, 0.91, 0.92], [0.9, 0.9, 0.9]))
     assert (row.runs, row.verdict) == (3, "beats") and row.std == pytest.approx(0.01)
     assert row.interval == pytest.approx(mean_interval(0.91, 0.01, 3))
     assert "95% interval" in format_markdown([row], 0.005)
@@ -150,16 +151,27 @@ def test_compare_and_seeds_commands(tmp_path, datasets_dir, tracking_uri, capsys
     assert "not run:" in (tmp_path / "outputs" / "comparison.md").read_text()
 
 
+def test_a_results_file_no_stage_declares_is_not_read(tmp_path):
+    """A seeds.json left by a `cnnlab seeds` run outside DVC: the entry declares no seeds sweep, so
+    its row stays its single run, as the compare stage's deps say."""
+    row = _row(tmp_path, {"test_accuracy": 0.95}, seeds=_seeds([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]), **ONE_RUN)
+    assert (row.runs, row.mean) == (1, 0.95)
+    config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e3_mnist_k5_s1_same", f"outputs_dir={tmp_path}"])
+    nowhere = experiment_row(config, None, {"test_accuracy": 0.95}, 0.005, lambda _: "")
+    assert nowhere.verdict == "not run" and "pipeline: none" in nowhere.note
+
+
 def test_a_search_row_reports_its_retrained_winner(tmp_path):
     config = load_config(PROJECT_ROOT / "params.yaml", ["experiment=e5_search", f"outputs_dir={tmp_path}"])
     reference = catalogue_for(PROJECT_ROOT / "params.yaml").reference("e5_search")
-    assert experiment_row(config, reference, 0.005, lambda _: "").verdict == "not run"
+    study = EntryResults.of(config, ("search", "retrain_best"))  # a study with no seeds of its own model
+    assert experiment_row(config, study, reference, 0.005, lambda _: "").verdict == "not run"
     winner = tmp_path / f"{config.search.study}_winner"
     winner.mkdir()
     (winner / "seeds.json").write_text(json.dumps({
         "test_accuracy_mean": 0.9, "test_accuracy_std": 0.002, "wall_seconds_mean": 100.0, "parameters": 149_000,
         "runs": [{"seed": s, "test_accuracy": a} for s, a in ((0, 0.898), (1, 0.9), (2, 0.902))]}))
-    row = experiment_row(config, reference, 0.005, lambda _: "")
+    row = experiment_row(config, study, reference, 0.005, lambda _: "")
     assert (row.mean, row.std, row.runs, row.parameters) == (pytest.approx(0.9), pytest.approx(0.002), 3, 149_000)
     assert "search winner retrained" in row.note and row.proxy and row.verdict == "proxy: no verdict"
 

@@ -5,13 +5,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from cnnlab.config import load_config
-from cnnlab.contract import STAGES, SWEEPS, UNTRACKED_KEYS, RunFiles, expand, stage
-from cnnlab.dvcgen import generated
+from cnnlab.config import catalogue_for, load_config
+from cnnlab.contract import (STAGES, SWEEPS, UNTRACKED_KEYS, RunFiles, compare_inputs, comparison_files, expand,
+                             file_paths, group_files, group_inputs, group_members, stage)
+from cnnlab.dvcgen import file_deps, generated
 
 from .conftest import PROJECT_ROOT
 
@@ -31,6 +33,22 @@ def test_every_quoted_seeds_file_has_a_stage_and_the_main_pipeline_trains_once()
                 for out in entry.get("metrics", [])}
     committed = {path.relative_to(PROJECT_ROOT).as_posix() for path in (PROJECT_ROOT / "outputs").glob("*/seeds.json")}
     assert "outputs/e1_mnist_simple_cnn/seeds.json" in committed and committed <= declared
+
+
+def test_each_seeds_run_and_what_compare_reads_are_declared():
+    """Per-seed runs are stage outputs (not files DVC knows nothing of), and compare depends on
+    the results it reads instead of running always, so `dvc status` says when its table is stale."""
+    stages = yaml.safe_load((PROJECT_ROOT / "experiments" / "dvc.yaml").read_text())["stages"]
+    seeds = stages["seeds-e1_fast"]
+    assert {"outputs/e1_fast/seed0": {"cache": False}} in seeds["outs"] and "models/e1_fast/seed2" in seeds["outs"]
+    winner_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["retrain_best-e5_search"]["outs"]]
+    assert "outputs/e5_search_winner/seed1" in winner_outs
+    control_outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages["retrain_control-e5_search"]["outs"]]
+    assert "models/e5_search_random_winner" in control_outs
+    compare = stages["compare"]
+    assert "always_changed" not in compare
+    assert {"outputs/e1_fast/seeds.json", "outputs/e1_fast/seed0/history.json", "outputs/e2_cifar10_alexnet/eval.json",
+            "outputs/e6_finetune/freeze_sweep.json", "outputs/e5_search/seeds.json"} <= set(compare["deps"])
 
 
 def test_results_free_settings_are_not_dvc_params():
@@ -74,6 +92,24 @@ def covered_by_code(path: str, code: set[str]) -> bool:
     if not (PROJECT_ROOT / path).exists():  # a namespace package (cnnlab itself) runs no code
         return True
     return path in code or any(path.startswith(entry + "/") for entry in code)
+
+
+def declared_files(name: str, config, params, overrides) -> tuple[list[Path], list[Path]]:
+    """The files stage ``name`` declares it reads and writes, as dvc.yaml names them."""
+    if name == "compare":
+        return compare_inputs(params, overrides), list(comparison_files(config))
+    if name == "separability":
+        return group_inputs(config, group_members(catalogue_for(params), "probe")), list(group_files(config, "probe"))
+    spec = stage(name)
+    # dvcgen gives train and each sweep the checkpoint their settings start from
+    starts = [Path(f) for f in file_deps(config)] if name == "train" or name in SWEEPS else []
+    return ([p for field in spec.inputs for p in file_paths(config, field)] + starts,
+            [p for output in spec.outputs for p in file_paths(config, output.file)])
+
+
+def within(path: str, declared: list[Path]) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved == d.resolve() or d.resolve() in resolved.parents for d in declared)
 
 
 # Every stage, in an order where each finds what it reads; overrides shrink it to seconds.
@@ -120,6 +156,16 @@ def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, datasets_
             problems.append(f"{name}: reads {undeclared_reads}, imports {undeclared_modules}")
         if name == "train":  # the tracer sees real reads
             assert {"train.lr", "data.train_subset", "transfer.policy", "train.augment.hflip"} <= set(probe["reads"])
+    for step in plan:
+        config = load_config(params, step["overrides"])
+        inputs, outputs = declared_files(step["stage"], config, params, step["overrides"])
+        probe = json.loads(Path(step["out"]).read_text())
+        read = [p for p in probe["opened"] if not within(p, [*inputs, *outputs])]
+        written = [p for p in probe["written"] if not within(p, outputs) and Path(p).name != "timings.json"]
+        if read or written:
+            problems.append(f"{step['stage']}: reads files {read}, writes files {written}")
+        if step["stage"] == "compare":  # the tracer sees real file reads
+            assert any(p.endswith("e1_mnist_simple_cnn/seed0/history.json") for p in probe["opened"])
     assert not problems, "undeclared in cnnlab/contract.py:\n" + "\n".join(problems)
     files = RunFiles.of(load_config(params, [f"outputs_dir={tmp_path / 'outputs'}"]))
     assert files.report.exists() and (tmp_path / "outputs" / "probe" / "separability.json").exists()

@@ -62,6 +62,10 @@ def test_catalogue_and_study_outputs_name_their_stage(copy):
     with pytest.raises(ConfigError, match=r"models/e5_search_winner is a cached output of stage "
                                           r"`retrain_best-e5_search`.*-S search.study=<name>"):
         refuse_uncached_writes(stages_of("retrain-best"), load_config(params, ["experiment=e5_search"]), params)
+    # Each seed's checkpoints of a seeds stage: the run's name moves them.
+    with pytest.raises(ConfigError, match=r"models/e5_search/seed0 is a cached output of stage "
+                                          r"`seeds-e5_search`.*-S run=<name>"):
+        refuse_uncached_writes(stages_of("seeds"), load_config(params, ["experiment=e5_search"]), params)
 
 
 def test_runs_of_their_own_are_allowed(copy):
@@ -69,6 +73,8 @@ def test_runs_of_their_own_are_allowed(copy):
     refuse_uncached_writes(stages_of("train"), load_config(params, ["run=mine"]), params)
     refuse_uncached_writes(PIPELINE, load_config(params, ["run=mine", f"data.prepared_dir={copy / 'mine'}"]), params)
     for command in ("seeds", "search", "search-report", "freeze-sweep", "compare", "report"):  # nothing cached
+        refuse_uncached_writes(stages_of(command), load_config(params, ["experiment=e4_base"]), params)
+    for command in ("search", "search-report", "compare", "report"):
         refuse_uncached_writes(stages_of(command), load_config(params, ["experiment=e5_search"]), params)
 
     assert main(["prepare", "--params", str(params), "-S", "data.download=false",

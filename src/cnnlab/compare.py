@@ -38,7 +38,7 @@ from typing import Any, Callable
 from scipy.stats import t as student_t
 
 from .config import Config
-from .contract import StudyFiles
+from .contract import EntryResults, RunFiles
 from .metrics import mean_std
 
 METRICS = ("test_accuracy", "best_val_accuracy")  # a reference's figure is keyed by its metric
@@ -124,9 +124,9 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def what_ran(run_dir: Path, init_from: str = "") -> str:
+def what_ran(run: RunFiles, init_from: str = "") -> str:
     """Epochs, test-time augmentation, frozen layers and starting weights, from one run's files."""
-    history, evaluation, train = (_read(run_dir / f) for f in ("history.json", "eval.json", "train_metrics.json"))
+    history, evaluation, train = _read(run.history), _read(run.eval), _read(run.train_metrics)
     train, evaluation = train or {}, evaluation or {}
     epochs = len(history) if history else train.get("epochs")
     parts = [f"{epochs} epoch{'s' if epochs != 1 else ''}"] if epochs else []
@@ -147,27 +147,21 @@ def what_ran(run_dir: Path, init_from: str = "") -> str:
     return "; ".join(parts)
 
 
-def experiment_row(config: Config, catalogue_reference: dict[str, Any], tolerance: float,
-                   why_missing: Callable[[str], str]) -> Row:
-    out = config.output_dir
+def experiment_row(config: Config, results: EntryResults | None, catalogue_reference: dict[str, Any],
+                   tolerance: float, why_missing: Callable[[str], str]) -> Row:
+    """One entry's row, from its declared result files only (``results``; None: it runs nowhere)."""
     reference = Reference.parse(catalogue_reference, config.data.name)
     metric = reference.metric if reference else "test_accuracy"
-    seeds_path = out / "seeds.json"
-    seeds, evaluation, train = _read(seeds_path), _read(out / "eval.json"), _read(out / "train_metrics.json")
+    seeds = _read(results.seeds) if results and results.seeds else None
+    evaluation, train = (_read(results.run.eval), _read(results.run.train_metrics)) if results else (None, None)
     notes = []
-    # A search's result is its winner retrained with every seed (`cnnlab retrain-best`).
-    if config.experiment == config.search.study and not seeds:
-        seeds_path = StudyFiles.of(config).winner_seeds
-        seeds = _read(seeds_path)
-        if seeds:
-            notes.append("search winner retrained")
-    run_dir = out
+    if seeds and results.seeds != results.run.seeds:  # a search's result: its winner retrained with every seed
+        notes.append("search winner retrained")
+    described = results.described if seeds else results.run if results else None
     if seeds:
         values = [run.get(metric) for run in seeds["runs"]]
         mean, std = mean_std(values) if None not in values else (None, None)
         runs, wall, parameters = len(values), seeds["wall_seconds_mean"], total_parameters(seeds)
-        first_seed = seeds_path.parent / f"seed{seeds['runs'][0]['seed']}"
-        run_dir = first_seed if first_seed.is_dir() else out
     elif evaluation:
         mean = (evaluation if metric == "test_accuracy" else train or {}).get(metric)
         std, runs = None, 1
@@ -176,7 +170,9 @@ def experiment_row(config: Config, catalogue_reference: dict[str, Any], toleranc
     else:
         mean = std = wall = parameters = None
         runs = 0
-        notes.append(why_missing(config.data.name) or f"no results in {out}; run its stages")
+        where = f"no results in {config.output_dir}; run its stages" if results else \
+            "catalogue.yaml runs it in no pipeline (`pipeline: none`)"
+        notes.append(why_missing(config.data.name) or where)
     if reference and reference.derived:
         notes.append("derived reference: inferred, not reported")
     if train and train.get("data_embedded"):
@@ -185,7 +181,8 @@ def experiment_row(config: Config, catalogue_reference: dict[str, Any], toleranc
     interval = mean_interval(mean, std, runs) if mean is not None and runs >= 3 else None
     row = Row(config.experiment, config.data.name, metric, figure, mean, std, runs, parameters, wall,
               verdict(figure, mean, std, runs, tolerance), "; ".join(notes), str(catalogue_reference.get("group", "")),
-              catalogue_reference.get("dataset", ""), interval, what_ran(run_dir, config.transfer.init_from) if runs else "")
+              catalogue_reference.get("dataset", ""), interval,
+              what_ran(described, config.transfer.init_from) if runs else "")
     if runs and mean is None:
         row.verdict = f"no verdict: our results record no {metric}"
     elif runs and row.proxy:

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SAMPLERS, Config
+from .config import SAMPLERS, Catalogue, Config, catalogue_for, load_config
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 SOURCE_PREFIX = "src/cnnlab"  # the package's path in the repository, as dvc.yaml names it
@@ -67,6 +67,8 @@ class RunFiles:
     last: Path
     onnx: Path
     timings: Path  # each stage's last wall time and machine (not a DVC output: every stage updates it)
+    freeze_runs: Path  # `cnnlab freeze-sweep`: one run per k and one from scratch, each in a folder here
+    freeze_models: Path  # and their checkpoints
 
     @classmethod
     def of(cls, config: Config) -> "RunFiles":
@@ -83,7 +85,37 @@ class RunFiles:
             registered=out / "registered.json", seeds=out / "seeds.json", freeze_sweep=out / "freeze_sweep.json",
             freeze_sweep_figure=out / "freeze_sweep.png", best=models / "best.pt", last=models / "last.pt",
             onnx=models / "model.onnx", timings=out / "timings.json",
+            freeze_runs=out / FREEZE_RUNS, freeze_models=models / FREEZE_RUNS,
         )
+
+
+FREEZE_RUNS = "freeze_runs"
+
+
+def freeze_run(name: str, variant: str) -> str:
+    """The run name of one variant (``freeze<k>``, ``scratch``) of run ``name``'s freeze sweep."""
+    return f"{name}/{FREEZE_RUNS}/{variant}"
+
+
+@dataclass(frozen=True)
+class SeedFiles:
+    """Each seed's run (``<run>/seed<k>``, a RunFiles of its own) of the sweeps over ``seeds``:
+    a run's own (`cnnlab seeds`), a study's winner's (`retrain-best`) and its control's winner's
+    (`retrain-control`). Apart from RunFiles, so that only these stages depend on ``seeds``."""
+
+    seed_runs: tuple[Path, ...]
+    seed_models: tuple[Path, ...]
+    winner_runs: tuple[Path, ...]  # the chosen one is also exported and registered
+    control_winner_runs: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, config: Config) -> "SeedFiles":
+        outputs = Path(config.outputs_dir)
+        control = winner_name(control_study(config.search.study, config.search.sampler))
+        return cls(seed_runs=tuple(outputs / seed_run(config.name, s) for s in config.seeds),
+                   seed_models=tuple(Path(config.models_dir) / seed_run(config.name, s) for s in config.seeds),
+                   winner_runs=tuple(outputs / seed_run(winner_name(config.search.study), s) for s in config.seeds),
+                   control_winner_runs=tuple(outputs / seed_run(control, s) for s in config.seeds))
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,7 @@ class StudyFiles:
     search_figures: Path
     winner_models: Path
     winner_seeds: Path
+    trial_models: Path  # each trial's checkpoints: by-products of fitting, never read (scratch, not in DVC)
     search_comparison: Path  # `cnnlab search-compare`: both samplers and the hand-designed candidate
     search_comparison_figure: Path
 
@@ -104,6 +137,7 @@ class StudyFiles:
                    search_figures=outputs / study / "search_figures",
                    winner_models=Path(config.models_dir) / winner_name(study),
                    winner_seeds=outputs / winner_name(study) / "seeds.json",
+                   trial_models=Path(config.models_dir) / trials_name(study),
                    search_comparison=outputs / study / "search_comparison.json",
                    search_comparison_figure=outputs / study / "search_comparison.png")
 
@@ -114,17 +148,35 @@ class ControlFiles:
 
     control_summary: Path  # `cnnlab search-control`: its search.json
     control_winner_seeds: Path  # `cnnlab retrain-control`: its winner retrained over the seeds
+    control_winner_models: Path  # their checkpoints
+    control_trial_models: Path
 
     @classmethod
     def of(cls, config: Config) -> "ControlFiles":
         control = control_study(config.search.study, config.search.sampler)
-        return cls(control_summary=Path(config.outputs_dir) / control / "search.json",
-                   control_winner_seeds=Path(config.outputs_dir) / winner_name(control) / "seeds.json")
+        winner, outputs = winner_name(control), Path(config.outputs_dir)
+        return cls(control_summary=outputs / control / "search.json",
+                   control_winner_seeds=outputs / winner / "seeds.json",
+                   control_winner_models=Path(config.models_dir) / winner,
+                   control_trial_models=Path(config.models_dir) / trials_name(control))
 
 
 def file_path(config: Config, name: str) -> Path:
-    """A RunFiles, StudyFiles or ControlFiles field of ``config``'s run by name."""
-    for layout in (RunFiles, StudyFiles, ControlFiles):
+    """A single-file RunFiles, StudyFiles or ControlFiles field of ``config``'s run by name."""
+    found = layout_field(config, name)
+    if isinstance(found, tuple):
+        raise KeyError(f"{name!r} names one path per seed: use file_paths")
+    return found
+
+
+def file_paths(config: Config, name: str) -> list[Path]:
+    """A layout field's paths: one, or one per seed (``seed_runs``, ``winner_runs``, ...)."""
+    found = layout_field(config, name)
+    return list(found) if isinstance(found, tuple) else [found]
+
+
+def layout_field(config: Config, name: str) -> Path | tuple[Path, ...]:
+    for layout in (RunFiles, StudyFiles, ControlFiles, SeedFiles):
         if name in {field.name for field in dataclasses.fields(layout)}:
             return getattr(layout.of(config), name)
     raise KeyError(f"no file named {name!r} in the output layout")
@@ -135,6 +187,16 @@ def winner_name(study: str) -> str:
     return f"{study}_winner"
 
 
+def trials_name(study: str) -> str:
+    """The run name under which a study's trials run (``<study>_trials/trial<n>``)."""
+    return f"{study}_trials"
+
+
+def seed_run(name: str, seed: int) -> str:
+    """The run name of one seed of run ``name`` (``cnnlab seeds``, ``retrain-best``)."""
+    return f"{name}/seed{seed}"
+
+
 def control_sampler(sampler: str) -> str:
     """The sampler a study is held against at the same epoch budget: the other one (TPE <-> random)."""
     return next(other for other in SAMPLERS if other != sampler)
@@ -143,6 +205,79 @@ def control_sampler(sampler: str) -> str:
 def control_study(study: str, sampler: str) -> str:
     """The name of ``study``'s control: the same settings searched by the other sampler."""
     return f"{study}_{control_sampler(sampler)}"
+
+
+# Catalogue entries that also run sweeps over their own settings (experiments/dvc.yaml).
+# E5's three arms (its study, the other sampler's, its hand-designed model over the seeds) are
+# stages of their own, so each is cached and resumed apart from the others.
+# The main pipeline's entry (E1) has its sweep there too, not in dvc.yaml: a `dvc exp run` of a
+# main-pipeline variant must not retrain every seed.
+ENTRY_SWEEPS = {"e1_mnist_simple_cnn": ("seeds",),
+                "e1_fast": ("seeds",),
+                "e5_search": ("search", "search_report", "retrain_best", "search_control", "retrain_control",
+                              "seeds", "search_compare"),
+                "e6_finetune": ("freeze_sweep",)}
+# The generated pipelines that run an entry's stages (catalogue.yaml's `pipeline:`); `none`
+# runs nowhere and `demo` writes nothing of record, so `cnnlab compare` reads neither.
+RECORDED_PIPELINES = ("main", "catalogue")
+
+
+@dataclass(frozen=True)
+class EntryResults:
+    """The files of one catalogue entry that `cnnlab compare` reads, and so the compare stage's
+    deps: nothing else of the entry is read, so a result DVC does not know of never reaches the
+    table. Its headline figure comes from its seeds sweep (else, for a study, its retrained
+    winner's seeds) or from its single run; what ran, from that run or the first seed's."""
+
+    run: RunFiles  # the entry's own train/evaluate run
+    seeds: Path | None
+    described: RunFiles  # the run whose history, eval and train metrics say what ran
+    freeze_sweep: Path | None
+
+    @classmethod
+    def of(cls, config: Config, sweeps: tuple[str, ...]) -> "EntryResults":
+        run, first = RunFiles.of(config), config.seeds[0]
+        seeds, described = None, run
+        if "seeds" in sweeps:
+            seeds, described = run.seeds, RunFiles.of(dataclasses.replace(config, run=seed_run(config.name, first)))
+        elif "retrain_best" in sweeps:
+            winner = winner_name(config.search.study)
+            seeds = StudyFiles.of(config).winner_seeds
+            described = RunFiles.of(dataclasses.replace(config, run=seed_run(winner, first)))
+        return cls(run, seeds, described, run.freeze_sweep if "freeze_sweep" in sweeps else None)
+
+    def files(self) -> list[Path]:
+        found = [self.run.eval, self.run.train_metrics, self.seeds, self.described.history, self.described.eval,
+                 self.described.train_metrics, self.freeze_sweep]
+        return list(dict.fromkeys(f for f in found if f is not None))
+
+
+def entry_results(config: Config, pipeline: str) -> EntryResults | None:
+    """What compare reads of ``config``'s entry, run by ``pipeline``; None: nothing (it runs nowhere)."""
+    if pipeline not in RECORDED_PIPELINES:
+        return None
+    return EntryResults.of(config, ENTRY_SWEEPS.get(config.experiment, ()))
+
+
+def compare_inputs(params: str | Path, overrides: typing.Sequence[str] = ()) -> list[Path]:
+    """Every file `cnnlab compare` reads: each recorded entry's results."""
+    catalogue = catalogue_for(params)
+    found: list[Path] = []
+    for name in catalogue.experiments():
+        results = entry_results(load_config(params, [*overrides, f"experiment={name}"]), catalogue.pipeline(name))
+        found += results.files() if results else []
+    return found
+
+
+def group_members(catalogue: Catalogue, group: str) -> list[str]:
+    """The experiments of a reference group (E8's separability figure puts them on one map)."""
+    return [name for name in catalogue.experiments() if catalogue.reference(name).get("group") == group]
+
+
+def group_inputs(config: Config, members: typing.Sequence[str]) -> list[Path]:
+    """What `cnnlab separability` reads of each member: its t-SNE points and its test metrics."""
+    runs = [RunFiles.of(dataclasses.replace(config, experiment=name, run="")) for name in members]
+    return [path for files in runs for path in (files.analysis, files.eval)]
 
 
 def comparison_files(config: Config) -> tuple[Path, Path]:
@@ -158,11 +293,12 @@ def group_files(config: Config, group: str) -> tuple[Path, Path]:
 @dataclass(frozen=True)
 class Output:
     """A file a stage writes. ``cache=False`` files are committed to git (small JSON and figures);
-    the rest go to the DVC cache."""
+    the rest go to the DVC cache. ``scratch`` ones are by-products no stage reads, kept out of
+    DVC (and out of git) altogether."""
 
-    file: str  # a RunFiles or StudyFiles field
+    file: str  # a RunFiles, StudyFiles, ControlFiles or SeedFiles field (one path, or one per seed)
     cache: bool = True
-    role: str = "out"  # out | metric | plot
+    role: str = "out"  # out | metric | plot | scratch
     plot: tuple[tuple[str, str], ...] = ()  # dvc plot options, e.g. (("x", "epoch"),)
 
 
@@ -173,7 +309,7 @@ class Stage:
     function: str
     summary: str  # one line for `cnnlab --help`
     reads: tuple[str, ...]  # config keys or whole sections it reads
-    inputs: tuple[str, ...] = ()  # RunFiles or StudyFiles fields it reads
+    inputs: tuple[str, ...] = ()  # RunFiles, StudyFiles or ControlFiles fields it reads
     outputs: tuple[Output, ...] = ()
     skip: tuple[str, ...] = ()  # keys of a declared section that it does not read (kept out of its params)
 
@@ -282,7 +418,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           reads=("data",), skip=("data.classes", "data.train_subset", "data.labelled_budget", "data.budget_val_fraction"),
           outputs=(Output("prepared"), Output("data_summary", cache=False))),
     Stage("train", "stages.train", "train", "fit the model; best/last checkpoints, history and an MLflow run",
-          reads=TRAINING_READS, skip=("transfer.sweep_k",), inputs=("prepared",),
+          reads=TRAINING_READS, skip=("transfer.sweep_k",), inputs=("prepared", "data_summary"),
           outputs=(Output("best"), Output("last"), Output("batch_losses"), Output("config", cache=False),
                    Output("run_info", cache=False), Output("train_metrics", cache=False, role="metric"),
                    Output("history", cache=False, role="plot", plot=(("x", "epoch"),)))),
@@ -306,7 +442,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("register", "stages.register", "register",
           "register the model in MLflow with an alias (needs passed parity)",
           reads=(*PREPARED_PATH, "tracking.registered_model", "tracking.alias"),
-          inputs=("parity", "eval", "train_metrics", "best", "run_info"),
+          inputs=("parity", "eval", "train_metrics", "best", "onnx", "run_info"),
           outputs=(Output("registered", cache=False),)),
 )}
 
@@ -319,7 +455,7 @@ CATALOGUE_RUN = ("train", "evaluate", "analyze", "report")
 SWEEPS: dict[str, Stage] = {s.name: s for s in (
     Stage("search", "stages.search", "search", "Optuna search under search.param_budget; resumes an existing study",
           reads=("search", *TRAINING_READS), inputs=("prepared",),
-          outputs=(Output("search_summary", cache=False),)),
+          outputs=(Output("search_summary", cache=False), Output("trial_models", role="scratch"))),
     Stage("search_report", "stages.search", "search_report",
           "optimisation history, accuracy vs parameters, importances, parallel coordinates",
           reads=("search.study",), inputs=("search_summary",),
@@ -327,18 +463,20 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
     Stage("retrain_best", "stages.search", "retrain_best",
           "retrain the search winner with every seed; export + register the seed chosen on validation",
           reads=("seeds", "search.study", "search.param_budget", *TRAINING_READS, "export", "tracking"),
-          inputs=("search_summary", "prepared"),
-          outputs=(Output("winner_models"), Output("winner_seeds", cache=False, role="metric"))),
+          inputs=("search_summary", "prepared", "data_summary"),
+          outputs=(Output("winner_models"), Output("winner_seeds", cache=False, role="metric"),
+                   Output("winner_runs", cache=False))),
     Stage("search_control", "stages.search_compare", "search_control",
           "the same study with the other sampler (TPE <-> random) at the same epoch budget, no enqueued trial",
           reads=("search", *TRAINING_READS), inputs=("prepared",),
-          outputs=(Output("control_summary", cache=False),)),
+          outputs=(Output("control_summary", cache=False), Output("control_trial_models", role="scratch"))),
     Stage("retrain_control", "stages.search_compare", "retrain_control",
           "retrain the control study's winner over the seeds, as retrain-best does the study's own",
           reads=("seeds", "search.study", "search.sampler", "search.param_budget", *TRAINING_READS,
                  "train.eval_batch_size"),
-          inputs=("control_summary", "prepared"),
-          outputs=(Output("control_winner_seeds", cache=False, role="metric"),)),
+          inputs=("control_summary", "prepared", "data_summary"),
+          outputs=(Output("control_winner_seeds", cache=False, role="metric"), Output("control_winner_runs", cache=False),
+                   Output("control_winner_models"))),
     Stage("search_compare", "stages.search_compare", "search_compare",
           "table + plot: both samplers' retrained winners against the hand-designed model (its `seeds`)",
           # PREPARED_PATH: the hand-designed run's seeds.json is found through RunFiles, which reads it
@@ -349,19 +487,23 @@ SWEEPS: dict[str, Stage] = {s.name: s for s in (
                    Output("search_comparison_figure", cache=False, role="plot"))),
     Stage("seeds", "stages.seeds", "seeds", "train + evaluate once per seed in `seeds`; writes mean ± std",
           reads=("seeds", *TRAINING_READS, "train.eval_batch_size"),
-          inputs=("prepared",), outputs=(Output("seeds", cache=False, role="metric"),)),
+          inputs=("prepared", "data_summary"),
+          outputs=(Output("seeds", cache=False, role="metric"), Output("seed_runs", cache=False),
+                   Output("seed_models"))),
     Stage("freeze_sweep", "stages.freeze_sweep", "freeze_sweep",
           "fine-tune with the first k layers frozen for each k, and from scratch",
-          reads=TRAINING_READS, inputs=("prepared",),
+          reads=TRAINING_READS, inputs=("prepared", "data_summary"),
           outputs=(Output("freeze_sweep", cache=False, role="metric"),
-                   Output("freeze_sweep_figure", cache=False, role="plot"))),
+                   Output("freeze_sweep_figure", cache=False, role="plot"), Output("freeze_runs", cache=False),
+                   Output("freeze_models"))),
     Stage("separability", "stages.separability", "separability",
           "t-SNE maps of a --group's experiments with a linear classifier's line",
           reads=(*PREPARED_PATH, "analysis.tsne_seed")),
     Stage("compare", "stages.compare", "compare",
           "table of every experiment against the catalogue's reference figures",
-          # data: where to look for a missing experiment's dataset; transfer: what each row ran
-          reads=("data", "search.study", "transfer")),
+          # data: where to look for a missing experiment's dataset; transfer: what each row ran;
+          # seeds: which seed's run says what ran (contract.EntryResults)
+          reads=("data", "search.study", "transfer", "seeds")),
 )}
 
 

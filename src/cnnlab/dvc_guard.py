@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config, ConfigError
-from .contract import StudyFiles, file_path, stage
+from .contract import ControlFiles, StudyFiles, file_paths, stage
 from .dvcgen import CATALOGUE_DVC, DEMO_DVC, MAIN_FILE
 
 DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command it runs (dvc/stage/run.py)
@@ -77,8 +77,9 @@ def refuse_uncached_writes(stages: list[str] | tuple[str, ...], config: Config, 
         return
     root = Path(os.path.abspath(Path(params).parent))
     outs = cached_outs(root)
-    clashes = [(output.file, written, out) for name in stages for output in stage(name).outputs if output.cache
-               for written in [Path(os.path.abspath(file_path(config, output.file)))]
+    clashes = [(output.file, written, out) for name in stages for output in stage(name).outputs
+               if output.cache and output.role != "scratch"
+               for written in [Path(os.path.abspath(p)) for p in file_paths(config, output.file)]
                for out in outs if overlaps(written, out.path)]
     if not clashes:
         return
@@ -96,9 +97,9 @@ def refuse_uncached_writes(stages: list[str] | tuple[str, ...], config: Config, 
 
 
 def fix_for(field: str) -> str:
-    """The setting that moves a RunFiles/StudyFiles field out of DVC's way."""
+    """The setting that moves a RunFiles/StudyFiles/ControlFiles field out of DVC's way."""
     if field == "prepared":
         return PREPARED_FIX
-    if field in {f.name for f in dataclasses.fields(StudyFiles)}:
+    if field in {f.name for layout in (StudyFiles, ControlFiles) for f in dataclasses.fields(layout)}:
         return STUDY_FIX
     return RUN_FIX

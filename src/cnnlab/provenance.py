@@ -29,9 +29,6 @@ from .dvcgen import CATALOGUE_DVC, MAIN_FILE
 
 # The pipelines whose results are committed (demo/dvc.yaml's land in a DVC experiment, not in git).
 RECORDED_PIPELINES = (MAIN_FILE, CATALOGUE_DVC)
-# How `dvc status` marks a stage declared always_changed (compare reads whichever runs exist); it
-# says nothing about the stage's inputs, which are checked like any other stage's.
-ALWAYS_CHANGED = "always changed"
 
 
 @dataclass(frozen=True)
@@ -111,8 +108,7 @@ def stage_changes(stage: Declared, changes: list, root: Path, writers: dict[Path
 
     for change in changes:
         if isinstance(change, str):
-            if change != ALWAYS_CHANGED:
-                stale.append(change)
+            stale.append(change)
             continue
         for kind, paths in change.items():
             for path_text, status in paths.items():

@@ -28,6 +28,7 @@ import optuna
 import torch
 
 from .console import verbose
+from .contract import trials_name
 from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig, TrainConfig
 from .data import PreparedData
 from .data.sampling import stratified_sample
@@ -301,7 +302,7 @@ class Objective:
     def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
         train = dataclasses.replace(with_recipe(self.config.train, training), epochs=self.search.trial_epochs,
                                     progress=False, resume_from="")
-        return dataclasses.replace(self.config, run=f"{self.search.study}/trial{trial.number:04d}",
+        return dataclasses.replace(self.config, run=f"{trials_name(self.search.study)}/trial{trial.number:04d}",
                                    model=ModelConfig("search_cnn", model_kwargs), train=train)
 
     def __call__(self, trial: optuna.Trial):

@@ -6,7 +6,7 @@ import json
 
 from ..compare import Row, experiment_row, format_freeze_sweep, format_markdown
 from ..config import Config, catalogue_for, load_config
-from ..contract import RunFiles, comparison_files
+from ..contract import comparison_files, entry_results
 from ..data import DatasetError, SourceContext, load_raw
 from ..files import write_json
 
@@ -28,15 +28,16 @@ def compare(config: Config, tolerance: float, params: str = "params.yaml", overr
     catalogue = catalogue_for(params)
     configs = {name: load_config(params, [*overrides, f"experiment={name}"]) for name in catalogue.experiments()
                if catalogue.pipeline(name) != "demo"}
-    rows = [experiment_row(config, catalogue.reference(name), tolerance, why_missing)
+    # only the files the compare stage declares (its DVC deps), whatever else lies in outputs/
+    results = {name: entry_results(config, catalogue.pipeline(name)) for name, config in configs.items()}
+    rows = [experiment_row(config, results[name], catalogue.reference(name), tolerance, why_missing)
             for name, config in configs.items()]
     json_path, table_path = comparison_files(config)
     write_json(json_path, [{**row.__dict__, "proxy": row.proxy} for row in rows])
     table = format_markdown(rows, tolerance)
-    for experiment in configs.values():  # each freeze sweep run (E6), from its freeze_sweep.json
-        sweep_path = RunFiles.of(experiment).freeze_sweep
-        if sweep_path.exists():
-            table += "\n" + format_freeze_sweep(json.loads(sweep_path.read_text()))
+    for entry in results.values():  # each freeze sweep run (E6), from its freeze_sweep.json
+        if entry and entry.freeze_sweep and entry.freeze_sweep.exists():
+            table += "\n" + format_freeze_sweep(json.loads(entry.freeze_sweep.read_text()))
     table_path.write_text(table)
     print(table)
     return rows

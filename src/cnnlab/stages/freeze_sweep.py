@@ -9,7 +9,7 @@ from typing import Any
 from .. import report as plots
 from ..builder import resolve_model_kwargs
 from ..config import Config
-from ..contract import RunFiles
+from ..contract import RunFiles, freeze_run
 from ..data import PreparedData, load_view
 from ..files import write_json
 from ..models import create_model
@@ -20,7 +20,7 @@ from .train import train
 
 
 def variant(config: Config, name: str, **transfer: Any) -> dict[str, Any]:
-    run = dataclasses.replace(config, run=f"{config.name}/{name}",
+    run = dataclasses.replace(config, run=freeze_run(config.name, name),
                               transfer=dataclasses.replace(config.transfer, **transfer))
     print(f"== {run.name}", flush=True)
     trained = train(run)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ModelConfig
-from ..contract import RunFiles, StudyFiles, winner_name
+from ..contract import RunFiles, StudyFiles, seed_run, winner_name
 from ..files import read_json
 from ..selection import chosen_seed_run, search_winner
 from .export import export
@@ -93,6 +93,6 @@ def retrain_best(config: Config) -> dict[str, Any]:
     result = seeds(winner)
     chosen_seed = chosen_seed_run(result["runs"])["seed"]
     tracking = dataclasses.replace(winner.tracking, registered_model=winner.name.replace("_", "-"))
-    chosen = dataclasses.replace(winner, run=f"{winner.name}/seed{chosen_seed}", tracking=tracking)
+    chosen = dataclasses.replace(winner, run=seed_run(winner.name, chosen_seed), tracking=tracking)
     export(chosen)
     return {**result, "registered": register(chosen), "registered_seed": chosen_seed}

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..config import Config
-from ..contract import RunFiles
+from ..contract import RunFiles, seed_run
 from ..files import write_json
 from ..metrics import mean_std
 from ..parallel import run_jobs, threads_per_worker
@@ -34,7 +34,7 @@ def seed_runs(config: Config) -> list[Config]:
     recipe = config.train
     if workers > 1:  # interleaved progress bars from several processes would be noise
         recipe = dataclasses.replace(recipe, threads=threads_per_worker(workers, recipe.threads), progress=False)
-    return [dataclasses.replace(config, run=f"{config.name}/seed{seed}", train=dataclasses.replace(recipe, seed=seed))
+    return [dataclasses.replace(config, run=seed_run(config.name, seed), train=dataclasses.replace(recipe, seed=seed))
             for seed in config.seeds]
 
 

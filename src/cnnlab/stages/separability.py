@@ -11,13 +11,13 @@ import numpy as np
 from .. import report as plots
 from ..analysis import linear_separability
 from ..config import Config, catalogue_for
-from ..contract import RunFiles, group_files
+from ..contract import RunFiles, group_files, group_members
 from ..files import read_json, write_json
 
 
 def separability(config: Config, group: str, params: str = "params.yaml") -> list[dict[str, Any]]:
     catalogue = catalogue_for(params)
-    members = [name for name in catalogue.experiments() if catalogue.reference(name).get("group") == group]
+    members = group_members(catalogue, group)
     if not members:
         raise ValueError(f"no experiment in {catalogue.path} has reference.group={group!r}")
     panels, rows = [], []
