@@ -79,6 +79,53 @@ def test_sgd_draws_its_learning_rate_from_a_range_of_its_own():
     assert seen == {"adam", "adamw", "sgd"}
 
 
+def test_grown_widths_never_narrow_and_independent_ones_can():
+    """width_growths: a stage is never narrower than the one before, so shrinking to the budget
+    cannot leave a net whose last stages collapsed (E5's first winner: 28/68/12/12)."""
+    import dataclasses
+
+    from cnnlab.config import SearchSpaceConfig
+    from cnnlab.search import space_domains, suggest
+
+    def draws(space):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(60):
+            trial = study.ask()
+            model, _ = suggest(trial, space)
+            study.tell(trial, 0.5)
+            yield model["widths"], trial.params
+
+    independent = SearchSpaceConfig()
+    assert any(w[i + 1] < w[i] for w, _ in draws(independent) for i in range(len(w) - 1))
+    grown = dataclasses.replace(independent, width_growths=[1.0, 1.5, 2.0])
+    seen = set()
+    for widths, params in draws(grown):
+        assert all(b >= a for a, b in zip(widths, widths[1:])) and widths[0] in grown.widths
+        assert set(params) <= set(space_domains(grown)) and "width_1" not in params
+        seen.add(widths[1] / widths[0] if widths[0] % 4 == 0 else None)
+    assert {1.0, 2.0} <= seen  # both ends of the growths are drawn
+
+
+def test_tpe_models_trials_after_its_start_up_draws(tmp_path):
+    """search.startup_trials: TPE's first trials are random draws; with fewer of them it starts
+    modelling sooner, so the study's third trial differs from one drawn with the default start-up."""
+    from cnnlab.config import SearchConfig
+    from cnnlab.search import suggest
+
+    def third_trial(startup):
+        search = SearchConfig(study=f"startup{startup}", storage=f"sqlite:///{tmp_path / f'{startup}.db'}",
+                              startup_trials=startup)
+        study = open_study(search)
+        for value in (0.3, 0.6, None):
+            trial = study.ask()
+            suggest(trial, search.space)
+            if value is None:
+                return trial.params
+            study.tell(trial, value)
+
+    assert third_trial(2) != third_trial(10)
+
+
 def test_resume_continues_the_same_study(search_config, mnist_small):
     first = search_config("search.n_trials=1")
     run_search(first, mnist_small)

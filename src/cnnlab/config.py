@@ -222,6 +222,10 @@ class SearchSpaceConfig:
     stages: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [2, 4])
     widths: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = field(  # per-stage choices
         default_factory=lambda: [16, 24, 32, 48, 64, 96, 128])
+    # [] = each stage's width drawn from `widths` on its own. Else only the first is, and each next
+    # stage is the one before times one of these factors (>= 1): drawn on their own, a wide stage
+    # after a narrow one leaves the budget's shrink-to-fit a net whose last stages have collapsed.
+    width_growths: list[Annotated[float, Ge(1)]] = field(default_factory=list)
     convs_per_block: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [1, 3])
     batch_norm: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
     preactivation: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
@@ -271,6 +275,9 @@ class SearchConfig:
     budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
     sampler_seed: Seed = 0
     sampler: Sampler = "tpe"  # `cnnlab search-control` runs the other one
+    # TPE draws this many of the study's trials at random before it models the rest (Optuna's
+    # default, 10): in a study of 15 trials that leaves it 5 of its own.
+    startup_trials: Annotated[int, Ge(1)] = 10
     # On per-epoch validation accuracy. hyperband: successive halving with epochs as the resource,
     # from min_trial_epochs up to trial_epochs, keeping 1/reduction_factor at each rung.
     pruner: Literal["median", "hyperband", "none"] = "median"

@@ -65,6 +65,9 @@ class NoTracebackForInterruptions(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(NoTracebackForInterruptions())
 
 
+WIDTH_STEP = 4  # grown widths are rounded to a multiple of this (channel counts kernels handle well)
+
+
 class OverBudget(optuna.TrialPruned):
     """The candidate has more trainable parameters than the budget allows."""
 
@@ -74,7 +77,7 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
     stages = trial.suggest_int("stages", *space.stages)
     model = {
         "block_style": trial.suggest_categorical("block_style", space.block_styles),
-        "widths": [trial.suggest_categorical(f"width_{i}", space.widths) for i in range(stages)],
+        "widths": suggest_widths(trial, space, stages),
         "convs_per_block": trial.suggest_int("convs_per_block", *space.convs_per_block),
         "batch_norm": trial.suggest_categorical("batch_norm", space.batch_norm),
         "pooling": trial.suggest_categorical("pooling", space.pooling),
@@ -101,6 +104,17 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
     return model, training
 
 
+def suggest_widths(trial: optuna.Trial, space: SearchSpaceConfig, stages: int) -> list[int]:
+    """Each stage's width: drawn on its own, or grown from the first by ``space.width_growths``."""
+    if not space.width_growths:
+        return [trial.suggest_categorical(f"width_{i}", space.widths) for i in range(stages)]
+    widths = [trial.suggest_categorical("width_0", space.widths)]
+    for i in range(1, stages):
+        grown = widths[-1] * trial.suggest_categorical(f"growth_{i}", space.width_growths)
+        widths.append(max(widths[-1], WIDTH_STEP * round(grown / WIDTH_STEP)))
+    return widths
+
+
 def with_recipe(train: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
     """``train`` with a trial's recipe (``suggest``'s training overrides, ``augment`` nested)."""
     flat = {k: v for k, v in recipe.items() if k != "augment"}
@@ -121,7 +135,11 @@ def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
         "ema_decay": ("choice", space.ema_decays), "scheduler": ("choice", space.schedulers),
         "cutout": ("choice", space.cutouts),
     }
-    domains.update({f"width_{i}": ("choice", space.widths) for i in range(space.stages[1])})
+    if space.width_growths:
+        domains["width_0"] = ("choice", space.widths)
+        domains.update({f"growth_{i}": ("choice", space.width_growths) for i in range(1, space.stages[1])})
+    else:
+        domains.update({f"width_{i}": ("choice", space.widths) for i in range(space.stages[1])})
     return domains
 
 
@@ -256,7 +274,7 @@ def open_or_create_study(search: SearchConfig, worker: int = 0) -> tuple[optuna.
     # started together (``search.workers``) see the same count, so their index separates them.
     seed = search.sampler_seed + len(study.get_trials(deepcopy=False)) + 1000 * worker
     study.sampler = (optuna.samplers.RandomSampler(seed=seed) if search.sampler == "random"
-                     else optuna.samplers.TPESampler(seed=seed))
+                     else optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.startup_trials))
     return study, created
 
 
@@ -569,7 +587,7 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 
 def write_summary(study: optuna.Study, path: Path, search: SearchConfig) -> dict[str, Any]:
     summary = {"study": study.study_name, "param_budget": search.param_budget, "sampler": search.sampler,
-               "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
+               "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
                "epochs_spent": epochs_spent(study), "wall_seconds": study_wall_seconds(study),
                "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),
                "best": best_trials(study), "importances": param_importances(study),
