@@ -184,7 +184,11 @@ def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next
 
     def callback(_ref):  # the handler runs here, inside the callback, and its exception is dropped
         os.kill(os.getpid(), signum)
-        time.sleep(0.5)
+        # Wait in small steps until it has: the signal may reach another thread (pytest-xdist's),
+        # and on a loaded machine the main thread learns of it later than any one sleep.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
 
     with signals_as_interrupts():
         thing = Tensorish()
