@@ -63,10 +63,10 @@ bench-ddp: install
 bench-seeds: install
 	$(BIN)/python bench/seed_layout.py --experiment e5_search --repeats 3 --out bench/seed_layout.json
 
-## bench-e5-epochs: E5's hand-designed net trained for 60 and 80 epochs at once (about an hour);
+## bench-e5-epochs: E5's hand-designed net trained for 50 and 70 epochs at once (about an hour);
 ## writes bench/e5_epochs.json: how far longer training gets it, and what 3 seeds of it cost. Idle machine.
 bench-e5-epochs: install
-	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs 60 80 --out bench/e5_epochs.json
+	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs 50 70 --out bench/e5_epochs.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")

@@ -1,6 +1,6 @@
 """How far E5's hand-designed net gets with longer training on this CPU, and what that costs.
 
-    CNNLAB_DATASETS=../shared/datasets python bench/e5_epochs.py --epochs 60 80 \
+    CNNLAB_DATASETS=../shared/datasets python bench/e5_epochs.py --epochs 50 70 \
         [--experiment e5_search] [--out bench/e5_epochs.json]                 # or: make bench-e5-epochs
 
 Issue #16 asks for >= 91% CIFAR-10 test accuracy (mean of 3 seeds, <= 150,000 parameters) with
@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from cnnlab.config import load_config
 from cnnlab.contract import RunFiles
 from cnnlab.data import SourceContext, load_raw, prepare, prepared_path
@@ -53,7 +55,7 @@ def commands(config_args: list[str], epochs: int, workdir: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="e5_search")
-    parser.add_argument("--epochs", type=int, nargs="+", default=[60, 80])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[50, 70])
     parser.add_argument("--out", default=str(ROOT / "bench" / "e5_epochs.json"))
     args = parser.parse_args()
     datasets = os.environ.get("CNNLAB_DATASETS")
@@ -70,6 +72,8 @@ def main() -> int:
         ctx = SourceContext(raw_dir=workdir / "none", datasets_dir=Path(datasets), download=False, fallback="error")
         data = prepare(load_raw(config.data.name, ctx), config.data.val_fraction, config.data.split_seed)
         save_prepared(data, prepared_path(workdir / "prepared", config.data.name, config.data.image_size))
+        # One process creates the MLflow store: two migrating a new SQLite file at once collide.
+        MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()
         started = time.perf_counter()
         processes = {epochs: subprocess.Popen(["bash", "-c", commands(config_args, epochs, workdir)],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
