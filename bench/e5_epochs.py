@@ -28,28 +28,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
+from scratch_project import ROOT, cli_command, entry_settings, prepare_scratch, scratch_settings
 
-from cnnlab.config import load_config
 from cnnlab.contract import RunFiles
-from cnnlab.data import SourceContext, load_raw, prepare, prepared_path
-from cnnlab.data.prepare import save_prepared
 from cnnlab.runtime import machine
 
-ROOT = Path(__file__).resolve().parents[1]
 BUDGET_HOURS = 2.5  # issue #16: search plus retraining
 SEEDS = 3  # issue #16: the mean of 3 seeds
 AT_ONCE = 2  # seeds trained at once in the projection (one per core)
 
 
 def commands(config_args: list[str], epochs: int, workdir: Path) -> str:
-    settings = [*config_args, f"models_dir={workdir / 'models'}", f"outputs_dir={workdir / 'outputs'}",
-                f"data.prepared_dir={workdir / 'prepared'}", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-                "tracking.log_model=false", f"train.epochs={epochs}", "train.progress=false", "train.threads=1",
+    """Train, then evaluate, one run of ``epochs`` epochs on one thread (a shell line)."""
+    settings = [*config_args, *scratch_settings(workdir), f"train.epochs={epochs}", "train.threads=1",
                 "train.seed=0", f"run=epochs{epochs}"]
-    flags = [w for s in settings for w in ("-S", s)]
-    return " && ".join(shlex.join([sys.executable, "-m", "cnnlab.cli", step, "--params", str(ROOT / "params.yaml"),
-                                   *flags]) for step in ("train", "evaluate"))
+    return " && ".join(shlex.join(cli_command(step, settings)) for step in ("train", "evaluate"))
 
 
 def main() -> int:
@@ -58,22 +51,16 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=[50, 70])
     parser.add_argument("--out", default=str(ROOT / "bench" / "e5_epochs.json"))
     args = parser.parse_args()
-    datasets = os.environ.get("CNNLAB_DATASETS")
-    if not datasets:
-        print("set CNNLAB_DATASETS to the datasets directory (../shared/datasets)", file=sys.stderr)
+    entry = entry_settings(args.experiment)
+    if entry is None:
         return 2
-    config_args = [f"experiment={args.experiment}", f"data.datasets_dir={datasets}", "data.download=false"]
-    config = load_config(ROOT / "params.yaml", config_args)
+    config_args, config = entry
     committed = RunFiles.of(config).seeds
     load_before = os.getloadavg()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        ctx = SourceContext(raw_dir=workdir / "none", datasets_dir=Path(datasets), download=False, fallback="error")
-        data = prepare(load_raw(config.data.name, ctx), config.data.val_fraction, config.data.split_seed)
-        save_prepared(data, prepared_path(workdir / "prepared", config.data.name, config.data.image_size))
-        # One process creates the MLflow store: two migrating a new SQLite file at once collide.
-        MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}").search_experiments()
+        train_images = prepare_scratch(config, workdir)
         started = time.perf_counter()
         processes = {epochs: subprocess.Popen(["bash", "-c", commands(config_args, epochs, workdir)],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -109,7 +96,7 @@ def main() -> int:
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "workload": {"experiment": args.experiment, "model": config.model.name, "model_kwargs": config.model.kwargs,
                      "recipe": "the entry's train section, train.epochs replaced; seed 0",
-                     "train_images": len(data.y_train), "processes_at_once": len(args.epochs),
+                     "train_images": train_images, "processes_at_once": len(args.epochs),
                      "threads_per_process": 1},
         "wall_seconds": wall,
         "runs": runs,

@@ -19,7 +19,6 @@ projection counts training only (not validation, test evaluation or start-up).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -29,30 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from cnnlab.config import load_config
-from cnnlab.data import SourceContext, load_raw, prepare, prepared_path
-from cnnlab.data.prepare import save_prepared
+from scratch_project import ROOT, cli_command, entry_settings, prepare_scratch, scratch_settings
+
 from cnnlab.parallel import threads_per_worker
 from cnnlab.runtime import available_cores, machine
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train_command(config_args: list[str], run: str, seed: int, threads: int, workdir: Path) -> list[str]:
-    settings = [*config_args, f"models_dir={workdir / 'models'}", f"outputs_dir={workdir / 'outputs'}",
-                f"data.prepared_dir={workdir / 'prepared'}", f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-                "tracking.log_model=false", "train.epochs=2", "train.progress=false", f"train.threads={threads}",
-                f"train.seed={seed}", f"run={run}"]
-    return [sys.executable, "-m", "cnnlab.cli", "train", "--params", str(ROOT / "params.yaml"),
-            *(w for s in settings for w in ("-S", s))]
 
 
 def per_process_throughput(config_args: list[str], layout: str, processes: int, threads: int,
                            workdir: Path) -> list[float]:
     """Each process's second-epoch training images per second, ``processes`` running at once."""
     runs = [f"{layout}/seed{seed}" for seed in range(processes)]
-    started = [subprocess.Popen(train_command(config_args, run, seed, threads, workdir), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT) for seed, run in enumerate(runs)]
+    settings = [*config_args, *scratch_settings(workdir), "train.epochs=2", f"train.threads={threads}"]
+    started = [subprocess.Popen(cli_command("train", [*settings, f"train.seed={seed}", f"run={run}"]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+               for seed, run in enumerate(runs)]
     for run, process in zip(runs, started):
         _, stderr = process.communicate()
         if process.returncode != 0:
@@ -82,12 +71,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "seed_layout.json"))
     args = parser.parse_args()
-    datasets = os.environ.get("CNNLAB_DATASETS")
-    if not datasets:
-        print("set CNNLAB_DATASETS to the datasets directory (../shared/datasets)", file=sys.stderr)
+    entry = entry_settings(args.experiment)
+    if entry is None:
         return 2
-    config_args = [f"experiment={args.experiment}", f"data.datasets_dir={datasets}", "data.download=false"]
-    config = load_config(ROOT / "params.yaml", config_args)
+    config_args, config = entry
     cores = available_cores()
     seeds = len(config.seeds)
     # (processes at once, threads each): every layout a projection below needs
@@ -98,12 +85,7 @@ def main() -> int:
     repeats = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        ctx = SourceContext(raw_dir=workdir / "none", datasets_dir=Path(datasets), download=False, fallback="error")
-        raw = load_raw(config.data.name, ctx)
-        train_images = len(prepare(raw, config.data.val_fraction, config.data.split_seed).y_train)  # a real epoch
-        data = prepare(raw, config.data.val_fraction, config.data.split_seed, train_subset=args.images)
-        data = dataclasses.replace(data, x_val=data.x_val[: args.val_images], y_val=data.y_val[: args.val_images])
-        save_prepared(data, prepared_path(workdir / "prepared", config.data.name, config.data.image_size))
+        train_images = prepare_scratch(config, workdir, args.images, args.val_images)  # a real epoch's
         for repeat in range(args.repeats):
             measured = {}
             for processes, threads in layouts:
@@ -124,7 +106,7 @@ def main() -> int:
         "machine": machine(),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "workload": {"experiment": args.experiment, "model": config.model.name, "model_kwargs": config.model.kwargs,
-                     "batch_size": config.train.batch_size, "measured_train_images": len(data.y_train),
+                     "batch_size": config.train.batch_size, "measured_train_images": args.images,
                      "measured": "second epoch's train_images_per_second of each process, all running at once"},
         "repeats": repeats,
         "median_images_per_second_per_process": {f"{p}x{t}": round(v, 1) for (p, t), v in per_process.items()},
