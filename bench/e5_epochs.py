@@ -101,7 +101,7 @@ def main() -> int:
         "wall_seconds": wall,
         "runs": runs,
         "entry_seeds": None if reference is None else {
-            "source": str(committed.relative_to(ROOT)), "epochs": config.train.epochs,
+            "source": str(committed), "epochs": config.train.epochs,
             "test_accuracy_mean": reference["test_accuracy_mean"], "test_accuracy_std": reference["test_accuracy_std"]},
         "target": {"test_accuracy": 0.91, "hours": BUDGET_HOURS, "seeds": SEEDS,
                    "projection": f"{SEEDS} seeds, {AT_ONCE} at once, at each run's measured seconds per epoch"},
