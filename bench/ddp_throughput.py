@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import torch
 
 from cnnlab.data import SourceContext, load_raw, prepare
 from cnnlab.data.prepare import save_prepared
-from cnnlab.runtime import available_cores, cpu_flags, cpu_has_fast_bf16
+from cnnlab.runtime import available_cores, cpu_flags, cpu_has_fast_bf16, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "e1_mnist_simple_cnn"  # params.yaml's experiment: where its files go
@@ -59,13 +58,6 @@ def images_per_second(side: str, processes: int, threads: int, workdir: Path) ->
     history = json.loads((outputs / "history.json").read_text())
     runtime = json.loads((outputs / "train_metrics.json").read_text())["runtime"]
     return history[-1]["train_images_per_second"], runtime
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> int:
@@ -110,7 +102,7 @@ def main() -> int:
     result = {
         "command": "python bench/ddp_throughput.py " + " ".join(sys.argv[1:]),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpu": {"model": cpu_model(), "cores_available": available_cores(), "native_bf16": cpu_has_fast_bf16(),
+        "cpu": {"model": machine()["cpu"], "cores_available": available_cores(), "native_bf16": cpu_has_fast_bf16(),
                 "flags": {flag: flag in flags for flag in SPEED_FLAGS}},
         "torch": torch.__version__,
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},

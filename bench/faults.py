@@ -680,18 +680,6 @@ FAULTS: dict[str, Callable[[Project, int], FaultRecord]] = {
 }
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("model name")), model)
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform()}
-
-
 def summarize(records: list[FaultRecord], bad_inputs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "faults_injected": len(records),
@@ -722,8 +710,10 @@ def run_bench(faults: int, seed: int, workdir: Path) -> dict[str, Any]:
               f"{time.monotonic() - start:5.0f}s  {result.when}: {result.note}", flush=True)
     bad_inputs, bad_failures = bad_settings_sweep(root=workdir)
     records += bad_failures
+    from cnnlab.runtime import machine
     return {"command": f"python bench/faults.py --faults {faults} --seed {seed}", "seed": seed,
-            "machine": machine(), "summary": summarize(records, bad_inputs),
+            "machine": {**machine(), "python": platform.python_version(), "platform": platform.platform()},
+            "summary": summarize(records, bad_inputs),
             "faults": [dataclasses.asdict(r) for r in records], "bad_inputs": bad_inputs}
 
 

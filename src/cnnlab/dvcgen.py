@@ -22,6 +22,8 @@ from .contract import (CATALOGUE_RUN, ENTRY_SWEEPS, PIPELINE, STAGES, SWEEPS, St
 MAIN_FILE = "dvc.yaml"
 CATALOGUE_DVC = "experiments/dvc.yaml"
 DEMO_DVC = "demo/dvc.yaml"
+# catalogue.yaml's `pipeline:` names -> the file generated for each
+PIPELINE_FILES = {"main": MAIN_FILE, "catalogue": CATALOGUE_DVC, "demo": DEMO_DVC}
 # Reference groups whose members get a separability figure (E8 compares policies on one map).
 SEPARABILITY_GROUPS = ("e8",)
 

@@ -25,10 +25,11 @@ import yaml
 
 from .config import ConfigError
 from .dvc_guard import stage_outs
-from .dvcgen import CATALOGUE_DVC, MAIN_FILE
+from .contract import RECORDED_PIPELINES
+from .dvcgen import PIPELINE_FILES
 
-# The pipelines whose results are committed (demo/dvc.yaml's land in a DVC experiment, not in git).
-RECORDED_PIPELINES = (MAIN_FILE, CATALOGUE_DVC)
+# The pipeline files whose results are committed (demo/dvc.yaml's land in a DVC experiment, not in git).
+RECORDED_FILES = tuple(PIPELINE_FILES[pipeline] for pipeline in RECORDED_PIPELINES)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Declared:
 
 def pipelines(root: Path) -> list[str]:
     """The recorded pipeline files this checkout has."""
-    return [dvc_file for dvc_file in RECORDED_PIPELINES if (root / dvc_file).is_file()]
+    return [dvc_file for dvc_file in RECORDED_FILES if (root / dvc_file).is_file()]
 
 
 def declared_stages(root: Path) -> dict[str, Declared]:
