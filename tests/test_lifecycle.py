@@ -168,8 +168,21 @@ def test_sigterm_becomes_an_interruption_only_inside_the_block():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.fixture
+def terminal_signals():
+    """SIGINT and SIGTERM handled in this process as in a terminal, whatever this test runner
+    inherited: a runner started in the background by a non-interactive shell has SIGINT ignored,
+    and signals_as_interrupts leaves an ignored signal ignored."""
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])
-def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next_step(signum, raised, monkeypatch):
+def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next_step(signum, raised, monkeypatch,
+                                                                                      terminal_signals):
     """Python drops an exception raised while it runs a weakref callback (it prints "Exception
     ignored in" and a traceback): a search worker trained on after its SIGTERM. The next step
     raises it again, and the dropped one prints nothing."""
@@ -202,7 +215,7 @@ def test_an_interruption_dropped_inside_a_weakref_callback_is_raised_at_the_next
     assert reported == [] and sys.unraisablehook == reported.append
 
 
-def test_an_interruption_dropped_outside_training_still_ends_the_command_interrupted(monkeypatch):
+def test_an_interruption_dropped_outside_training_still_ends_the_command_interrupted(monkeypatch, terminal_signals):
     import time
     import weakref
 
