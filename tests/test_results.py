@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,28 +52,35 @@ def test_a_block_follows_its_file_and_a_missing_file_is_named(tmp_path):
         regenerate("<!-- results:e99 -->\n<!-- /results:e99 -->\n", tmp_path)
 
 
+def committed_e5_with_its_winner_retrained(root: Path) -> tuple[dict, dict]:
+    """The committed E5 study and winner's seeds, copied under ``root`` and paired: the seeds
+    file's parameter count (``total_parameters``, as `cnnlab seeds` writes it) is the study's
+    winner's, whichever protocol the committed files are at."""
+    for name in ("e5_search", "e5_search_winner"):
+        shutil.copytree(PROJECT_ROOT / "outputs" / name, root / "outputs" / name)
+    search = json.loads((root / "outputs/e5_search/search.json").read_text())
+    seeds = json.loads((root / "outputs/e5_search_winner/seeds.json").read_text())
+    seeds["total_parameters"] = search_winner(search)["parameters"]
+    seeds.pop("parameters", None)
+    (root / "outputs/e5_search_winner/seeds.json").write_text(json.dumps(seeds))
+    return search, seeds
+
+
 def test_an_e5_winner_retrained_from_an_earlier_study_is_not_quoted(tmp_path):
     """A study run again (search.json new) before its winner is retrained must not lend the new
     study the old winner's accuracy: the docs say the winner is not retrained yet."""
-    for name in ("e5_search", "e5_search_winner"):
-        shutil.copytree(PROJECT_ROOT / "outputs" / name, tmp_path / "outputs" / name)
+    search, seeds = committed_e5_with_its_winner_retrained(tmp_path)
+    assert e5_files(tmp_path)[1] == seeds
     retrained = regenerate("<!-- results:e5 -->\n<!-- /results:e5 -->\n", tmp_path)
     assert "Wall time: the search" in retrained and "h in all against the target of 2.5 h" in retrained
-    search = json.loads((tmp_path / "outputs/e5_search/search.json").read_text())
     for trial in search["best"]:
         trial["parameters"] -= 1
     (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps(search))
-    seeds = json.loads((tmp_path / "outputs/e5_search_winner/seeds.json").read_text())
     old_accuracy = f"{100 * seeds['test_accuracy_mean']:.2f}"
     for block in ("e5-headline", "e5"):
         text = regenerate(f"<!-- results:{block} -->\n<!-- /results:{block} -->\n", tmp_path)
         assert "not retrained yet" in text and "retrain_best-e5_search" in text
         assert old_accuracy not in text and "seeds.json`, " not in text
-    # seeds.json as `cnnlab seeds` writes it now names the count total_parameters: it pairs too
-    seeds["total_parameters"] = search_winner(search)["parameters"]
-    seeds.pop("parameters", None)
-    (tmp_path / "outputs/e5_search_winner/seeds.json").write_text(json.dumps(seeds))
-    assert e5_files(tmp_path)[1] == seeds
 
 
 @pytest.mark.slow
@@ -125,8 +133,7 @@ def test_the_e5_comparison_quotes_the_arms_retrained_so_far(tmp_path):
     """Before search-compare has run, a retrained winner and hand-designed net over the same
     seeds are compared; an arm not yet retrained, or other seeds, are named instead."""
     doc = "<!-- results:e5-comparison -->\n<!-- /results:e5-comparison -->\n"
-    for name in ("e5_search", "e5_search_winner"):
-        shutil.copytree(PROJECT_ROOT / "outputs" / name, tmp_path / "outputs" / name)
+    committed_e5_with_its_winner_retrained(tmp_path)
     hand_path = tmp_path / "outputs/e5_search/seeds.json"
     hand_path.unlink(missing_ok=True)
     assert "Not retrained yet: `seeds-e5_search`." in regenerate(doc, tmp_path)
