@@ -37,11 +37,13 @@ def sqlite_damage(path: Path) -> str:
     """Why the SQLite file at ``path`` cannot be used ("" when it can, does not exist yet, or is
     locked by a live writer): not a database, or pages ``PRAGMA quick_check`` finds broken (it
     reads every page: milliseconds for a megabyte). SQLite keeps no checksums, so a changed value
-    inside a row still passes."""
+    inside a row still passes. Opened read-write (never created): a writer killed mid-transaction
+    leaves a hot journal, which only a read-write connection may roll back; read-only, SQLite
+    refuses with "attempt to write a readonly database" although nothing is damaged."""
     if not path.exists():
         return ""
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
                                      timeout=SQLITE_PROBE_TIMEOUT_S)) as db:
             problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as err:  # "file is not a database", "database disk image is malformed"
