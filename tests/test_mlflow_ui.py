@@ -6,6 +6,7 @@ a React app, so each page is rendered with `chromium --dump-dom` after its reque
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,14 @@ def dump_dom(chromium: str, url: str, budget_ms: int) -> str:
             stop(browser)
 
 
+def visible_text(dom: str, limit: int = 2000) -> str:
+    """What the page showed, for a failure message: the DOM's text without tags, styles and
+    scripts (an error banner or an empty chart area says more than the markup around it)."""
+    text = re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S)
+    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return f"the page showed: {text[:limit]!r}"
+
+
 def stop(process: subprocess.Popen) -> None:
     """End ``process`` and everything it started (Chromium's helpers, uvicorn's workers). SIGKILL:
     a read-only UI and a browser that has dumped its page have nothing to save, and uvicorn takes
@@ -140,6 +149,6 @@ def test_run_page_shows_datasets_metric_chart_and_confusion_matrix(chromium, mlf
     assert "mnist/training" in overview  # the Datasets panel
     assert "cnnlab train" in overview  # Source
     assert "best validation accuracy" in overview  # Description
-    assert "val_accuracy" in metrics and "main-svg" in metrics  # a plotly chart of it
+    assert "val_accuracy" in metrics and "main-svg" in metrics, visible_text(metrics)  # a plotly chart of it
     # the figure fetched from the server and shown (an <img> of the downloaded bytes)
-    assert 'alt="figures/confusion_matrix.png" src="blob:' in artifact
+    assert 'alt="figures/confusion_matrix.png" src="blob:' in artifact, visible_text(artifact)

@@ -189,8 +189,8 @@ def _verdict(met: bool) -> str:
     return "met" if met else "**not met**"
 
 
-E5_NOT_RETRAINED = (f"its winner is not retrained yet (`{E5_WINNER_SEEDS}` belongs to an earlier "
-                    "study): `dvc repro experiments/dvc.yaml:retrain_best-e5_search` retrains it")
+E5_NOT_RETRAINED = (f"`{E5_WINNER_SEEDS}` belongs to an earlier study, and "
+                    "`dvc repro experiments/dvc.yaml:retrain_best-e5_search` retrains this one")
 
 
 def e5_headline(root: Path) -> str:
@@ -201,7 +201,7 @@ def e5_headline(root: Path) -> str:
     if seeds is None:
         best = search_winner(search)
         return (study + f"the best, trial {best['number']} ({best['parameters']:,d} parameters, "
-                f"{pct(best['val_accuracy'])} validation), is the winner, but {E5_NOT_RETRAINED}. "
+                f"{pct(best['val_accuracy'])} validation), is the winner, not retrained yet: {E5_NOT_RETRAINED}. "
                 f"{_sources(E5_SEARCH)}\n")
     evals = [_load(root, f"outputs/e5_search_winner/seed{r['seed']}/eval.json") for r in seeds["runs"]]
     return (study + f"the winner, {retrained_parameters(seeds):,d} parameters, retrained over {len(evals)} seeds: "
@@ -222,7 +222,7 @@ def e5(root: Path) -> str:
                  f"{recipe['optimizer']} lr {lr:.3g}, **{best['parameters']:,d} parameters**, "
                  f"{pct(best['val_accuracy'])} validation in the search. " + _importances(search))
     if seeds is None:
-        return "\n".join([summary, "", f"Not retrained: {E5_NOT_RETRAINED}. "
+        return "\n".join([summary, "", f"The winner is not retrained yet: {E5_NOT_RETRAINED}. "
                            + _sources(E5_SEARCH)])
     seed_rows = []
     for run in seeds["runs"]:
