@@ -30,7 +30,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the networking flags Chromium waits on refused connections (updates, sync) and hangs.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1200"]  # charts are drawn only once they scroll into view
+                  "--window-size=1600,1200",  # charts are drawn only once they scroll into view
+                  # ...which the app learns in a frame: without this, virtual time could run out
+                  # before the chart's frame was drawn (about half the metric pages came back empty)
+                  "--run-all-compositor-stages-before-draw"]
 UI_START_S = 180  # `mlflow ui` imports for seconds on an idle machine, minutes on a loaded one
 PAGE_BUDGET_MS = 15000  # virtual time the app gets to fetch and draw a page
 PAGE_TIMEOUT_S = 240  # wall time for one page: seconds on an idle machine
