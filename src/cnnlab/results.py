@@ -350,7 +350,7 @@ def e8(root: Path) -> str:
 def faults(root: Path) -> str:
     result = _load(root, "bench/faults.json")
     s, machine = result["summary"], result["machine"]
-    return (f"The committed `bench/faults.json` ({machine['cores']}-core {machine['cpu']}, torch {machine['torch']}; "
+    return (f"The committed `bench/faults.json` ({_machine(machine)}, torch {machine['torch']}; "
             f"`{result['command']}`): {s['faults_injected']} faults injected, {s['survived']} survived, "
             f"{s['bad_inputs_tried']} bad inputs tried ({s['bad_inputs_rejected']} rejected naming the key), data "
             f"lost {s['data_lost']}, undetected {len(s['undetected'])}.\n")
