@@ -709,7 +709,11 @@ def run_bench(faults: int, seed: int, workdir: Path) -> dict[str, Any]:
         print(f"{number:3d} {result.kind:<10} {result.target:<19} {result.outcome:<10} "
               f"{time.monotonic() - start:5.0f}s  {result.when}: {result.note}", flush=True)
     bad_inputs, bad_failures = bad_settings_sweep(root=workdir)
-    records += bad_failures
+    return bench_record(faults, seed, records + bad_failures, bad_inputs)
+
+
+def bench_record(faults: int, seed: int, records: list[FaultRecord], bad_inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What bench/faults.json holds (README's `results:faults` block is rendered from it)."""
     from cnnlab.runtime import machine
     return {"command": f"python bench/faults.py --faults {faults} --seed {seed}", "seed": seed,
             "machine": {**machine(), "python": platform.python_version(), "platform": platform.platform()},

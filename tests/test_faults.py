@@ -5,6 +5,7 @@ command recovers, nothing is left RUNNING, nothing finished is lost, and a corru
 clear error (exit 2) that overwrites nothing."""
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -95,3 +96,19 @@ def test_kill_9_of_export_after_it_wrote_the_onnx_file_then_export_again(project
 
 def test_kill_9_of_register_then_register_again_gives_one_version(project):
     assert_killed_and_survived(faults.kill_stage(project, 0, "register", delay=3))
+
+
+def test_the_readme_sentence_renders_from_what_the_bench_writes_now(tmp_path):
+    # rendered from the committed file alone, a change to the bench's record would only show
+    # (as a KeyError in `cnnlab results`) once someone re-ran the hour-long bench
+    from cnnlab.results import faults as faults_sentence
+    from cnnlab.runtime import machine
+
+    killed = faults.FaultRecord("kill -9", "train", 0, "after 1 epoch line(s)", "survived", False, "resumed")
+    flipped = faults.FaultRecord("byte flip", "optuna store", 1, "offset 9", "undetected", False, "rows changed")
+    bad_inputs = [{"key": "train.lr", "outcome": "survived"}, {"key": "train.epochs", "outcome": "failed"}]
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "faults.json").write_text(json.dumps(faults.bench_record(2, 7, [killed, flipped], bad_inputs)))
+    sentence = faults_sentence(tmp_path)
+    assert machine()["cpu"] in sentence and "--faults 2 --seed 7" in sentence
+    assert "2 faults injected, 1 survived, 2 bad inputs tried (1 rejected" in sentence and "undetected 1" in sentence
