@@ -39,10 +39,11 @@ browser:
 	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) \
 	  || echo "browser: apt-get could not install chromium (offline?); the MLflow UI test skips"; fi
 
-## test: the whole suite (slow tests included) in TEST_WORKERS processes; the slowest tests listed at the end
+## test: the whole suite (slow tests included) in TEST_WORKERS processes, an idle one taking queued tests
+## from a busy one (worksteal: a few tests take minutes); the slowest tests listed at the end
 TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
