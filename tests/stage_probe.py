@@ -127,12 +127,14 @@ def run_plan(plan: list[dict]) -> int:
     """Each stage in a forked child, in order; stops at the first that fails (its exit status)."""
     import importlib
     import os
+    import time
 
     for name in HEAVY_LIBRARIES:
         importlib.import_module(name)
     for step in plan:
         sys.stdout.flush()
         sys.stderr.flush()
+        started = time.perf_counter()
         pid = os.fork()
         if pid == 0:
             status = 1
@@ -149,6 +151,7 @@ def run_plan(plan: list[dict]) -> int:
                 os._exit(status)
         _, wait_status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(wait_status)
+        print(f"stage_probe: {step['stage']} {time.perf_counter() - started:.1f} s", file=sys.stderr)
         if code != 0:
             print(f"stage_probe: {step['stage']} failed (exit {code})", file=sys.stderr)
             return 1
