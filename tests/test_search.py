@@ -11,7 +11,8 @@ optuna = pytest.importorskip("optuna")
 
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.data.prepare import save_prepared  # noqa: E402
-from cnnlab.search import PARENT_RUN_ATTR, open_study, run_search, search_with_workers  # noqa: E402
+from cnnlab.search import (PARENT_RUN_ATTR, end_unended_trial, interruption_behind, open_study,  # noqa: E402
+                           run_search, search_with_workers)
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
@@ -171,6 +172,40 @@ def test_a_trial_run_left_running_by_a_dead_worker_is_failed_by_the_next_search(
     failed = client.get_run(orphan.info.run_id)
     assert failed.info.status == "FAILED"
     assert failed.data.tags["cnnlab.failure"] == "process died (found by cnnlab search)"
+
+
+def test_a_trial_whose_end_the_busy_storage_refused_is_failed_once_the_storage_is_free(tmp_path):
+    """Optuna writes a trial's end once; a SQLite file held by another writer for longer than
+    SQLite waits (5 s) refuses it, and the trial would stay RUNNING. It is written again."""
+    import sqlite3
+    import threading
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="busy")
+    trial = study.ask()
+    busy = sqlite3.connect(tmp_path / "optuna.db", timeout=60, isolation_level=None, check_same_thread=False)
+    busy.execute("BEGIN IMMEDIATE")  # readers go on, writers wait
+    threading.Timer(7, busy.execute, ("ROLLBACK",)).start()
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # what Optuna's own write of its end meets
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    end_unended_trial(study, trial.number)
+    assert study.trials[0].state.name == "FAIL"
+    end_unended_trial(study, trial.number)  # a trial that did end is left as it is
+    study.tell(study.ask(), 0.5)
+    end_unended_trial(study, 1)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+
+
+def test_an_error_raised_on_the_way_out_of_an_interruption_still_ends_the_command_as_interrupted():
+    from cnnlab.lifecycle import Terminated
+
+    try:
+        try:
+            raise Terminated("terminated by SIGTERM")
+        except KeyboardInterrupt:
+            raise AssertionError("Should not reach.")  # Optuna, when its write of the trial's end fails
+    except AssertionError as err:
+        assert isinstance(interruption_behind(err), Terminated)
+    assert interruption_behind(ValueError("a bug")) is None
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(search_config, mnist_small):

@@ -15,6 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
+SQLITE_BUSY_TIMEOUT_S = 5  # how long Python's sqlite3 (so SQLAlchemy, so Optuna) waits for a busy file
 POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
@@ -152,7 +153,11 @@ def training_trials(study: str, storage) -> list:
 @pytest.mark.slow
 def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp_path, tracking_uri, datasets_dir):
     """What DVC or a job scheduler sends reaches the coordinator alone: it stops both workers,
-    whose trials end (FAIL in the study, KILLED in MLflow), then exits 143; nothing runs on."""
+    whose trials end (FAIL in the study, KILLED in MLflow), then exits 143; nothing runs on.
+    The study's file is busy at that moment, longer than SQLite waits for it: a worker whose
+    write of its trial's end is refused writes it again, rather than leave it RUNNING."""
+    import sqlite3
+
     import psutil
     from mlflow import MlflowClient
 
@@ -166,7 +171,12 @@ def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp
         time.sleep(0.5)
     assert len(training_trials(study, storage)) == 2, "the two workers never both trained a trial"
     workers = psutil.Process(coordinator.pid).children(recursive=True)
+    busy = sqlite3.connect(tmp_path / "optuna.db", timeout=60, isolation_level=None)
+    busy.execute("BEGIN IMMEDIATE")  # another writer holds the file: readers go on, writers wait
     coordinator.send_signal(signal.SIGTERM)
+    time.sleep(SQLITE_BUSY_TIMEOUT_S + 3)
+    busy.execute("ROLLBACK")
+    busy.close()
     output = coordinator.communicate(timeout=180)[0]
 
     assert coordinator.returncode == 143, output

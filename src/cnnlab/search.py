@@ -50,6 +50,10 @@ PARENT_WAIT_S = 180
 EPOCHS_ATTR = "epochs"  # epochs a trial trained (all of them, or up to where it was pruned)
 CREATED_AT_ATTR = "created_at"  # unix time the study was created: how long its parent run may take to appear
 SCHEMA_ATTEMPTS = 5  # opening a fresh RDB storage while another worker creates its schema
+# Optuna writes a trial's end once; when the storage refuses that write (a SQLite file another
+# process holds longer than SQLite waits, 5 s) the trial would stay RUNNING until a later
+# invocation found its heartbeat stale. So it is written again, this many times, a second apart.
+END_TRIAL_ATTEMPTS = 6
 
 
 class NoTracebackForInterruptions(logging.Filter):
@@ -316,6 +320,7 @@ class Objective:
         self.search = config.search
         self.data = trial_subset(data, self.search.trial_train_subset, config.data.split_seed)
         self.base_kwargs = resolve_model_kwargs("search_cnn", {}, data)
+        self.trial_number: int | None = None  # the trial this process runs (or ran last)
 
     def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
         train = dataclasses.replace(with_recipe(self.config.train, training), epochs=self.search.trial_epochs,
@@ -326,6 +331,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial):
         from .tracking import RunTracker
 
+        self.trial_number = trial.number
         model_kwargs, training = suggest(trial, self.search.space)
         model_kwargs = {**self.base_kwargs, **model_kwargs}
         try:
@@ -471,14 +477,46 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
         log.info("study %s already has %d finished trials, %d epochs spent", search.study,
                  finished_trials(study), epochs_spent(study))
         return study
-    study.optimize(
-        Objective(config, data, parent_run_id), n_trials=search.n_trials - finished_trials(study),
-        timeout=search.timeout_seconds or None,
-        catch=(TrainingDiverged,),  # a diverging trial is recorded as failed; the study goes on
-        callbacks=[StudyBudget(search)],
-        gc_after_trial=True,
-    )
+    objective = Objective(config, data, parent_run_id)
+    try:
+        study.optimize(
+            objective, n_trials=search.n_trials - finished_trials(study),
+            timeout=search.timeout_seconds or None,
+            catch=(TrainingDiverged,),  # a diverging trial is recorded as failed; the study goes on
+            callbacks=[StudyBudget(search)],
+            gc_after_trial=True,
+        )
+    except BaseException as err:  # an interruption or an error: the trial it stopped must not stay RUNNING
+        end_unended_trial(study, objective.trial_number)
+        # Optuna's own failed write of the trial's end raises over the interruption that
+        # caused it; the command still ends as interrupted (exit 130/143, one line, no traceback)
+        raise interruption_behind(err) or err
     return study
+
+
+def end_unended_trial(study: optuna.Study, number: int | None) -> None:
+    """Fail trial ``number`` of this process if Optuna could not record its end (a no-op when it did)."""
+    if number is None:
+        return
+    for attempt in range(END_TRIAL_ATTEMPTS):
+        try:
+            study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return
+        except Exception as err:  # noqa: BLE001 - the storage is busy or gone: try again, then say so
+            if attempt == END_TRIAL_ATTEMPTS - 1:
+                log.warning("study %s: trial %d stays RUNNING, its end could not be written (%s); the next "
+                            "`cnnlab search` on the study fails and retries it", study.study_name, number, err)
+            time.sleep(1)
+
+
+def interruption_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``err`` was raised while handling, if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _search_worker(config: Config, prepared: Path, worker: int) -> None:
