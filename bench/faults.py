@@ -300,10 +300,10 @@ def finished_run_check(project: Project, run: str) -> list[str]:
 
 
 def finished_trials(project: Project, study: str) -> int:
-    import optuna
+    from cnnlab.search import stored_study
 
     try:
-        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{project.optuna}").get_trials(deepcopy=False)
+        trials = stored_study(study, f"sqlite:///{project.optuna}").get_trials(deepcopy=False)
     except KeyError:  # the study is not created yet
         return 0
     return sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
@@ -329,7 +329,7 @@ def kill_search(project: Project, seed: int, workers: int = 1, trials_before: in
     """kill -9 the `cnnlab search` coordinator (workers=1) or one of its 2 worker processes,
     after ``trials_before`` finished trials and ``delay`` seconds; then run the same search
     again: it must finish its trials, keep the finished ones and leave nothing RUNNING."""
-    import optuna
+    from cnnlab.search import stored_study
 
     rng = random.Random(seed)
     trials_before = rng.randint(0, 1) if trials_before is None else trials_before
@@ -351,7 +351,7 @@ def kill_search(project: Project, seed: int, workers: int = 1, trials_before: in
     code, output = project.run("search", BASE_RUN, *extra)
     problems = [] if code == 0 else [f"the next search exited {code}: {tail(output)}"]
     problems += project.orphans()
-    trials = optuna.load_study(study_name=study, storage=f"sqlite:///{project.optuna}").get_trials(deepcopy=False)
+    trials = stored_study(study, f"sqlite:///{project.optuna}").get_trials(deepcopy=False)
     problems += [f"trial {t.number} left RUNNING" for t in trials if t.state.name == "RUNNING"]
     if finished_trials(project, study) < 3:
         problems.append(f"only {finished_trials(project, study)} of 3 trials finished after the rerun")
@@ -532,6 +532,8 @@ def flip_store(project: Project, seed: int, store: str | None = None, offset: in
     storage (then run the finished search again on it). Either a clear error (exit 2, no run
     folder written), or the command succeeds on a copy whose rows SQLite reads exactly as the
     original's (the flip hit free space). Success on changed rows is "undetected"."""
+    from cnnlab.search import IDENTITY_MARK
+
     rng = random.Random(seed)
     store = store or rng.choice(["mlflow", "optuna"])
     original = project.store if store == "mlflow" else project.optuna
@@ -548,7 +550,7 @@ def flip_store(project: Project, seed: int, store: str | None = None, offset: in
     if store == "mlflow":
         code, output = project.run("train", run, "train.epochs=1", store=copy)
     else:
-        study = next(s.study_name for s in project.studies())
+        study = next(s.study_name for s in project.studies()).partition(IDENTITY_MARK)[0]  # its search.study
         code, output = project.run("search", BASE_RUN, f"search.study={study}", *TINY_SEARCH, optuna_db=copy)
     problems, undetected = [], False
     if code == 0:

@@ -1,5 +1,6 @@
 """E5 search machinery on small real data: hard budget, resume, MLflow lineage, failures."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ optuna = pytest.importorskip("optuna")
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.data.prepare import save_prepared  # noqa: E402
 from cnnlab.search import (PARENT_RUN_ATTR, end_unended_trial, interruption_behind, open_study,  # noqa: E402
-                           run_search, search_with_workers)
+                           run_search, search_with_workers, studies_named, study_name)
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
@@ -37,7 +38,7 @@ def search_config(tmp_path, tracking_uri):
 
 
 def trials_of(config):
-    return open_study(config.search).get_trials(deepcopy=False)
+    return open_study(config).get_trials(deepcopy=False)
 
 
 def test_over_budget_candidates_are_pruned_without_training(search_config, mnist_small, tmp_path):
@@ -116,7 +117,7 @@ def test_tpe_models_trials_after_its_start_up_draws(tmp_path):
     def third_trial(startup):
         search = SearchConfig(study=f"startup{startup}", storage=f"sqlite:///{tmp_path / f'{startup}.db'}",
                               startup_trials=startup)
-        study = open_study(search)
+        study = open_study(dataclasses.replace(load_config(PROJECT_ROOT / "params.yaml"), search=search))
         for value in (0.3, 0.6, None):
             trial = study.ask()
             suggest(trial, search.space)
@@ -139,6 +140,36 @@ def test_resume_continues_the_same_study(search_config, mnist_small):
     assert trials[1].params != trials[0].params
     run_search(search_config("search.n_trials=2"), mnist_small)  # already done: no new trial
     assert len(trials_of(first)) == 2
+
+
+def test_a_study_resumes_only_under_the_settings_its_trials_ran_with(search_config, mnist_small):
+    """`dvc exp run -S search.trial_train_subset=300` re-runs the search stage: resuming the
+    study of that name would find its trials done and report them as the new settings' result."""
+    first = search_config()
+    run_search(first, mnist_small)
+    changed = search_config("search.trial_train_subset=300")
+    run_search(changed, mnist_small)
+    runs = [{t.user_attrs["mlflow_run_id"] for t in trials_of(c)} for c in (first, changed)]
+    assert len(runs[1]) == 2 and not runs[0] & runs[1]  # trials of its own
+
+    # how long it goes on and where it runs are no part of it: more trials resume the first study
+    more = search_config("search.n_trials=3", "search.epoch_budget=50", "train.epochs=7", "model.kwargs={}")
+    assert study_name(more) == study_name(first)
+    run_search(more, mnist_small)
+    assert [t.user_attrs["mlflow_run_id"] for t in trials_of(more)][:2] == [
+        t.user_attrs["mlflow_run_id"] for t in trials_of(first)][:2] and len(trials_of(first)) == 3
+    assert sorted(studies_named(first.search.study, first.search.storage)) == sorted(
+        {study_name(first), study_name(changed)})
+
+
+def test_a_study_s_identity_is_every_setting_its_trials_depend_on(search_config, tmp_path):
+    base = study_name(search_config())
+    for setting in ("search.trial_epochs=2", "search.space.lr=[0.001, 0.01]", "search.sampler=random",
+                    "train.label_smoothing=0.1", "train.augment.hflip=true", "data.split_seed=3", "train.seed=1"):
+        assert study_name(search_config(setting)) != base, setting
+    for setting in ("search.workers=2", f"search.storage=sqlite:///{tmp_path / 'other.db'}", "search.timeout_seconds=60",
+                    f"data.prepared_dir={tmp_path}", "train.threads=1", "train.progress=false"):
+        assert study_name(search_config(setting)) == base, setting
 
 
 def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, tracking_uri):
@@ -356,7 +387,7 @@ def test_optuna_dashboard_reads_the_study_storage(search_config, mnist_small):
     app = optuna_dashboard.wsgi(config.search.storage)
     status, listing = dashboard_get(app, "/api/studies")
     assert status.startswith("200")
-    (summary,) = [s for s in listing["study_summaries"] if s["study_name"] == config.search.study]
+    (summary,) = [s for s in listing["study_summaries"] if s["study_name"] == study_name(config)]
     status, study = dashboard_get(app, f"/api/studies/{summary['study_id']}")
     assert status.startswith("200")
     assert [t["number"] for t in study["trials"]] == [t.number for t in trials_of(config)]

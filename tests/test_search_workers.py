@@ -13,6 +13,8 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
+from cnnlab.search import stored_study, studies_named  # noqa: E402
+
 from .conftest import PROJECT_ROOT  # noqa: E402
 
 SQLITE_BUSY_TIMEOUT_S = 5  # how long Python's sqlite3 (so SQLAlchemy, so Optuna) waits for a busy file
@@ -62,10 +64,8 @@ def study_name(storage_url):
     """A fresh study name; the study is deleted afterwards so a shared database stays clean."""
     name = f"cnnlab-test-{uuid.uuid4().hex[:8]}"
     yield name
-    try:
-        optuna.delete_study(study_name=name, storage=storage_url)
-    except KeyError:
-        pass
+    for stored in studies_named(name, storage_url):
+        optuna.delete_study(study_name=stored, storage=storage_url)
 
 
 def prepared(tmp_path, datasets_dir):
@@ -91,7 +91,7 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path,
     # Optuna's warnings about its experimental heartbeat API are cnnlab's concern, not a user's
     assert not [line for out in outputs for line in out.splitlines() if "ExperimentalWarning" in line]
 
-    trials = optuna.load_study(study_name=study, storage=storage_url).get_trials(deepcopy=False)
+    trials = stored_study(study, storage_url).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4  # none duplicated
     assert all(t.state.name == "COMPLETE" for t in trials)  # none lost mid-way
@@ -108,14 +108,14 @@ def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, 
     study = study_name
     storage = optuna.storages.RDBStorage(storage_url)
     # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on
-    # 3,000 digits it once completed first (after the allocator change), so 30; it is only
-    # killed, never waited for.
-    victim = worker(tmp_path, study, storage_url, tracking_uri, 1, datasets_dir, "search.heartbeat_seconds=1",
-                    "search.trial_train_subset=3000", "search.trial_epochs=30")
+    # 3,000 digits it once completed first (after the allocator change), so 30 epochs. The
+    # rescuer runs the same study, so with the same settings (else it would start its own).
+    settings = ("search.heartbeat_seconds=1", "search.trial_epochs=30")
+    victim = worker(tmp_path, study, storage_url, tracking_uri, 1, datasets_dir, *settings)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until its trial is running, then kill it mid-trial
         try:
-            running = optuna.load_study(study_name=study, storage=storage).get_trials(
+            running = stored_study(study, storage).get_trials(
                 states=(optuna.trial.TrialState.RUNNING,))
         except KeyError:
             running = []
@@ -128,10 +128,10 @@ def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, 
     victim.wait()
     time.sleep(4)  # past the heartbeat grace period (2 x 1 s)
 
-    rescuer = worker(tmp_path, study, storage_url, tracking_uri, 2, datasets_dir, "search.heartbeat_seconds=1")
+    rescuer = worker(tmp_path, study, storage_url, tracking_uri, 2, datasets_dir, *settings)
     output = rescuer.communicate(timeout=600)[0]
     assert rescuer.returncode == 0, output
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    trials = stored_study(study, storage).get_trials(deepcopy=False)
     killed = trials[0]
     assert killed.state.name == "FAIL"  # its heartbeat stopped
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
@@ -143,7 +143,7 @@ def training_trials(study: str, storage) -> list:
     """Running trials past their set-up: a trial is RUNNING in the study a moment before its
     MLflow run exists, and a signal in that moment leaves no run to end."""
     try:
-        running = optuna.load_study(study_name=study, storage=storage).get_trials(
+        running = stored_study(study, storage).get_trials(
             states=(optuna.trial.TrialState.RUNNING,))
     except KeyError:  # not created yet
         return []
@@ -183,7 +183,7 @@ def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp
     assert "Traceback" not in output, output
     gone, alive = psutil.wait_procs(workers, timeout=10)  # multiprocessing's resource tracker exits after it
     assert not [" ".join(p.cmdline()) for p in alive]
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    trials = stored_study(study, storage).get_trials(deepcopy=False)
     assert not [t.number for t in trials if t.state.name == "RUNNING"]
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("search-workers")

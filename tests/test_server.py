@@ -151,7 +151,7 @@ def machine_env() -> dict[str, str]:
 
 def test_pipeline_and_a_two_machine_search_share_one_server(server, databases, prepared_file, tmp_path):
     import mlflow
-    import optuna
+    from cnnlab.search import stored_study
     from mlflow import MlflowClient
 
     uri, study, model = server["uri"], f"shared-{uuid.uuid4().hex[:6]}", f"shared-{uuid.uuid4().hex[:6]}"
@@ -171,7 +171,7 @@ def test_pipeline_and_a_two_machine_search_share_one_server(server, databases, p
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("shared-server")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied, not a client's file:// path
-    trials = optuna.load_study(study_name=study, storage=databases["optuna"]).get_trials(deepcopy=False)
+    trials = stored_study(study, databases["optuna"]).get_trials(deepcopy=False)
     assert len(trials) >= 4 and all(t.state.name == "COMPLETE" for t in trials)
     parents = client.search_runs([experiment.experiment_id], f"tags.`optuna.study` = '{study}' "
                                  "and tags.`cnnlab.role` = 'search-parent'")

@@ -28,11 +28,12 @@ import optuna
 import torch
 
 from .console import verbose
-from .contract import trials_name
-from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig, TrainConfig
+from .contract import stage, trials_name
+from .config import Config, ConfigError, ModelConfig, SearchConfig, SearchSpaceConfig, TrainConfig, flatten
 from .data import PreparedData
 from .data.sampling import stratified_sample
 from .files import sqlite_damage
+from .hashing import content_sha256
 from .lifecycle import FAILURE_TAG, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root
@@ -48,6 +49,7 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"
 # MLflow parent run id (connecting to MLflow can be slow on a busy machine: generous on purpose).
 PARENT_WAIT_S = 180
 EPOCHS_ATTR = "epochs"  # epochs a trial trained (all of them, or up to where it was pruned)
+STORAGE_STUDY_TAG = "optuna.storage_study"  # MLflow tag: the study's name in the storage (study_name)
 CREATED_AT_ATTR = "created_at"  # unix time the study was created: how long its parent run may take to appear
 SCHEMA_ATTEMPTS = 5  # opening a fresh RDB storage while another worker creates its schema
 # Optuna writes a trial's end once; when the storage refuses that write (a SQLite file another
@@ -258,19 +260,71 @@ def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
-def open_study(search: SearchConfig, worker: int = 0) -> optuna.Study:
-    return open_or_create_study(search, worker)[0]
+# Settings of the search stage (its DVC params) that do not change what any trial trains or
+# scores: how long the study goes on and where and how fast it runs. A study resumed with more
+# trials, a larger epoch budget or more workers is the same study; every other setting is part
+# of its identity (study_name), so a setting added to the stage is one unless listed here.
+NOT_STUDY_IDENTITY = (
+    "search.study",  # the name's readable part
+    "search.n_trials", "search.epoch_budget", "search.timeout_seconds",  # when it stops
+    "search.workers", "search.storage", "search.heartbeat_seconds", "search.max_retry",  # where and how it runs
+    "data.prepared_dir",  # where the prepared data lies (its settings are part of the identity)
+    "train.epochs", "train.resume_from",  # trials train search.trial_epochs from scratch (Objective.trial_config)
+    "model.name", "model.kwargs",  # trials build their own search_cnn: the entry's model is the baseline
+    "tracking.log_model",
+)
 
 
-def open_or_create_study(search: SearchConfig, worker: int = 0) -> tuple[optuna.Study, bool]:
+IDENTITY_MARK = "@"  # e5_search@1a2b3c4d: search.study, then the digest of the study's identity
+
+
+def study_identity(config: Config) -> dict[str, Any]:
+    """Every setting the study's trials depend on: the search stage's declared params
+    (cnnlab.contract) but NOT_STUDY_IDENTITY, each section flattened to its values."""
+    flat = flatten(config.to_dict())
+    keys = [k for k in stage("search").params() if k not in NOT_STUDY_IDENTITY]
+    return {name: value for name, value in flat.items() if any(name == k or name.startswith(k + ".") for k in keys)}
+
+
+def study_name(config: Config) -> str:
+    """The study's name in the storage: ``search.study`` and a digest of its identity. A study
+    is resumed only under the settings its trials ran with; changing one (``dvc exp run -S
+    search.trial_epochs=4``) starts a study of its own rather than report the old trials as
+    the new settings' result. Workers on any machine with the same settings share it."""
+    return f"{config.search.study}{IDENTITY_MARK}{content_sha256(study_identity(config))[:8]}"
+
+
+def studies_named(study: str, storage) -> list[str]:
+    """The studies of one ``search.study`` in a storage (an Optuna storage or its URL): one per identity."""
+    return [name for name in optuna.get_all_study_names(storage) if name.rpartition(IDENTITY_MARK)[0] == study]
+
+
+def stored_study(study: str, storage) -> optuna.Study:
+    """The one study of ``search.study`` = ``study`` in a storage; KeyError when there is none."""
+    names = studies_named(study, storage)
+    if len(names) != 1:
+        raise KeyError(f"{len(names)} studies of {study!r} in the storage: {names}")
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def open_study(config: Config, worker: int = 0) -> optuna.Study:
+    return open_or_create_study(config, worker)[0]
+
+
+def open_or_create_study(config: Config, worker: int = 0) -> tuple[optuna.Study, bool]:
     """The study, and whether this call created it: the storage lets exactly one of the
     processes starting together create it (a unique name), and that one opens the MLflow parent run."""
+    search = config.search
     directions = ["maximize", "minimize"] if search.multi_objective else ["maximize"]
-    settings = dict(study_name=search.study, storage=resolve_storage(search.storage, search),
+    settings = dict(study_name=study_name(config), storage=resolve_storage(search.storage, search),
                     pruner=make_pruner(search), directions=directions)
     try:
         study, created = optuna.create_study(**settings), True
         study.set_user_attr(CREATED_AT_ATTR, time.time())
+        earlier = [name for name in studies_named(search.study, settings["storage"]) if name != study.study_name]
+        if earlier:
+            log.info("study %s is new: %s in the same storage ran under other settings (a study resumes only "
+                     "under its own), so its trials stay apart", study.study_name, ", ".join(earlier))
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.create_study(**settings, load_if_exists=True), False
     # Offset the seed by the trials already there: a resumed or later-started worker with the
@@ -345,7 +399,8 @@ class Objective:
         trial.set_user_attr("training", training)
         config = self.trial_config(trial, model_kwargs, training)
         tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
-                             tags={"optuna.study": self.search.study, "optuna.trial": str(trial.number),
+                             tags={"optuna.study": self.search.study, STORAGE_STUDY_TAG: trial.study.study_name,
+                                   "optuna.trial": str(trial.number),
                                    **owner_tags()}, command="search")
         with tracker.running():  # any other error or an interruption ends the child run too
             trial.set_user_attr("mlflow_run_id", tracker.run_id)
@@ -401,7 +456,8 @@ def ensure_parent_run(study: optuna.Study, config: Config, created: bool = True)
     if parent is None and not created:
         parent = wait_for_parent_run(study)
     tracker = RunTracker(config, run_id=parent, run_name=f"search-{config.search.study}",
-                         tags={"optuna.study": config.search.study, "cnnlab.role": "search-parent", **owner_tags()},
+                         tags={"optuna.study": config.search.study, STORAGE_STUDY_TAG: study.study_name,
+                               "cnnlab.role": "search-parent", **owner_tags()},
                          command="search")
     if tracker.run_id != parent:
         study.set_user_attr(PARENT_RUN_ATTR, tracker.run_id)
@@ -418,7 +474,7 @@ def end_parent_run(config: Config, status: str, reason: str = "") -> None:
     from .tracking import RunTracker, mark_dead_runs
 
     try:
-        parent = open_study(config.search).user_attrs.get(PARENT_RUN_ATTR)
+        parent = open_study(config).user_attrs.get(PARENT_RUN_ATTR)
         if parent:
             tracker = RunTracker(config, run_id=parent)
             # A worker stopped between opening a trial's run and owning it leaves that run
@@ -466,7 +522,7 @@ class StudyBudget:
 def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
     search = config.search
-    study, created = open_or_create_study(search, worker)
+    study, created = open_or_create_study(config, worker)
     enqueue_candidates(study, search)
     parent_run_id = ensure_parent_run(study, config, created)
     # A killed worker's trial is failed (and re-queued) here, not only by `optimize`: with the
@@ -474,7 +530,7 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
     with heartbeat_api():
         optuna.storages.fail_stale_trials(study)
     if not budget_left(study, search):
-        log.info("study %s already has %d finished trials, %d epochs spent", search.study,
+        log.info("study %s already has %d finished trials, %d epochs spent", study.study_name,
                  finished_trials(study), epochs_spent(study))
         return study
     objective = Objective(config, data, parent_run_id)
@@ -537,7 +593,7 @@ def search_with_workers(config: Config, prepared: Path) -> optuna.Study:
     require_prepared(prepared)  # before any worker starts or the study is created
     # Create the storage, enqueue the candidates and open the parent run once, here: workers
     # starting together would race to create the schema and could enqueue a candidate twice.
-    study, created = open_or_create_study(search)
+    study, created = open_or_create_study(config)
     enqueue_candidates(study, search)
     ensure_parent_run(study, config, created)
     threads = threads_per_worker(search.workers, config.train.threads)
@@ -624,7 +680,7 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 
 
 def write_summary(study: optuna.Study, path: Path, search: SearchConfig) -> dict[str, Any]:
-    summary = {"study": study.study_name, "param_budget": search.param_budget, "sampler": search.sampler,
+    summary = {"study": search.study, "storage_study": study.study_name, "param_budget": search.param_budget, "sampler": search.sampler,
                "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
                "epochs_spent": epochs_spent(study), "wall_seconds": study_wall_seconds(study),
                "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),
