@@ -560,8 +560,9 @@ def end_unended_trial(study: optuna.Study, number: int | None) -> None:
             return
         except Exception as err:  # noqa: BLE001 - the storage is busy or gone: try again, then say so
             if attempt == END_TRIAL_ATTEMPTS - 1:
-                log.warning("study %s: trial %d stays RUNNING, its end could not be written (%s); the next "
-                            "`cnnlab search` on the study fails and retries it", study.study_name, number, err)
+                log.warning("study %s: trial %d stays RUNNING, its end could not be written (%s); in an RDB "
+                            "storage (heartbeats) the next `cnnlab search` on the study fails and retries it",
+                            study.study_name, number, err)
             time.sleep(1)
 
 
