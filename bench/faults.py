@@ -532,7 +532,7 @@ def flip_store(project: Project, seed: int, store: str | None = None, offset: in
     storage (then run the finished search again on it). Either a clear error (exit 2, no run
     folder written), or the command succeeds on a copy whose rows SQLite reads exactly as the
     original's (the flip hit free space). Success on changed rows is "undetected"."""
-    from cnnlab.search import IDENTITY_MARK
+    from cnnlab.search import searched_as
 
     rng = random.Random(seed)
     store = store or rng.choice(["mlflow", "optuna"])
@@ -550,7 +550,7 @@ def flip_store(project: Project, seed: int, store: str | None = None, offset: in
     if store == "mlflow":
         code, output = project.run("train", run, "train.epochs=1", store=copy)
     else:
-        study = next(s.study_name for s in project.studies()).partition(IDENTITY_MARK)[0]  # its search.study
+        study = searched_as(next(s.study_name for s in project.studies()))
         code, output = project.run("search", BASE_RUN, f"search.study={study}", *TINY_SEARCH, optuna_db=copy)
     problems, undetected = [], False
     if code == 0:

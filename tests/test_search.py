@@ -142,7 +142,7 @@ def test_resume_continues_the_same_study(search_config, mnist_small):
     assert len(trials_of(first)) == 2
 
 
-def test_a_study_resumes_only_under_the_settings_its_trials_ran_with(search_config, mnist_small):
+def test_a_study_resumes_only_under_the_settings_its_trials_ran_with(search_config, mnist_small, tracking_uri):
     """`dvc exp run -S search.trial_train_subset=300` re-runs the search stage: resuming the
     study of that name would find its trials done and report them as the new settings' result."""
     first = search_config()
@@ -151,6 +151,8 @@ def test_a_study_resumes_only_under_the_settings_its_trials_ran_with(search_conf
     run_search(changed, mnist_small)
     runs = [{t.user_attrs["mlflow_run_id"] for t in trials_of(c)} for c in (first, changed)]
     assert len(runs[1]) == 2 and not runs[0] & runs[1]  # trials of its own
+    client = MlflowClient(tracking_uri=tracking_uri)
+    assert {client.get_run(r).data.tags["optuna.storage_study"] for r in runs[1]} == {study_name(changed)}
 
     # how long it goes on and where it runs are no part of it: more trials resume the first study
     more = search_config("search.n_trials=3", "search.epoch_budget=50", "train.epochs=7", "model.kwargs={}")
@@ -215,7 +217,8 @@ def test_a_trial_whose_end_the_busy_storage_refused_is_failed_once_the_storage_i
     trial = study.ask()
     busy = sqlite3.connect(tmp_path / "optuna.db", timeout=60, isolation_level=None, check_same_thread=False)
     busy.execute("BEGIN IMMEDIATE")  # readers go on, writers wait
-    threading.Timer(7, busy.execute, ("ROLLBACK",)).start()
+    # busy for longer than two 5 s waits: Optuna's write of the trial's end and the first rewrite fail
+    threading.Timer(12, busy.execute, ("ROLLBACK",)).start()
     with pytest.raises(optuna.exceptions.StorageInternalError):  # what Optuna's own write of its end meets
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     end_unended_trial(study, trial.number)
@@ -303,7 +306,10 @@ def test_search_report_then_retrain_best_exports_and_registers(search_config, mn
     study_dir = tmp_path / "outputs" / config.search.study
     assert sorted(p.name for p in (study_dir / "search_figures").glob("*.png")) == [
         "accuracy_vs_parameters.png", "history.png", "parallel_coordinates.png", "param_importances.png"]
-    parent = json.loads((study_dir / "search.json").read_text())["mlflow_parent_run_id"]
+    summary = json.loads((study_dir / "search.json").read_text())
+    ran = load_config(PROJECT_ROOT / "params.yaml", args[3:])  # the settings after `-S`
+    assert (summary["study"], summary["storage_study"]) == (config.search.study, study_name(ran))
+    parent = summary["mlflow_parent_run_id"]
     logged = {a.path for a in MlflowClient(tracking_uri=tracking_uri).list_artifacts(parent, "search_figures")}
     assert len(logged) == 4
     assert MlflowClient(tracking_uri=tracking_uri).get_run(parent).info.status == "FINISHED"  # ends with the search

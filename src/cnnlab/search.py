@@ -294,13 +294,18 @@ def study_name(config: Config) -> str:
     return f"{config.search.study}{IDENTITY_MARK}{content_sha256(study_identity(config))[:8]}"
 
 
+def searched_as(stored: str) -> str:
+    """The ``search.study`` of a study's name in the storage (``e5_search@1a2b3c4d`` -> ``e5_search``)."""
+    return stored.rpartition(IDENTITY_MARK)[0]
+
+
 def studies_named(study: str, storage) -> list[str]:
     """The studies of one ``search.study`` in a storage (an Optuna storage or its URL): one per identity."""
-    return [name for name in optuna.get_all_study_names(storage) if name.rpartition(IDENTITY_MARK)[0] == study]
+    return [name for name in optuna.get_all_study_names(storage) if searched_as(name) == study]
 
 
 def stored_study(study: str, storage) -> optuna.Study:
-    """The one study of ``search.study`` = ``study`` in a storage; KeyError when there is none."""
+    """The one study of ``search.study`` = ``study`` in a storage; KeyError when there is none or several."""
     names = studies_named(study, storage)
     if len(names) != 1:
         raise KeyError(f"{len(names)} studies of {study!r} in the storage: {names}")
