@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs faults lint clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-search-cost faults lint clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench-seeds: install
 ## writes bench/e5_epochs.json: how far longer training gets it, and what 3 seeds of it cost. Idle machine.
 bench-e5-epochs: install
 	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs 50 70 --out bench/e5_epochs.json
+
+## bench-search-cost: each complete trial of E5's committed study timed against the entry's own net,
+## as the search's compute budget does (a few minutes); writes bench/search_cost.json.
+bench-search-cost: install
+	$(BIN)/python bench/search_cost.py --experiment e5_search --repeats 3 --out bench/search_cost.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")

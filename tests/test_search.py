@@ -50,6 +50,33 @@ def test_over_budget_candidates_are_pruned_without_training(search_config, mnist
     assert not (tmp_path / "models").exists()  # nothing was trained or checkpointed
 
 
+def test_a_candidate_slower_to_train_than_the_entry_s_own_model_is_pruned_before_training(search_config, mnist_small,
+                                                                                          tmp_path):
+    """The entry's own search_cnn is the baseline: beside a tiny one every 64-wide candidate is too
+    slow and none trains; beside a large one an 8-wide candidate trains. Each keeps its cost."""
+    from cnnlab.search import write_summary
+
+    baseline = "model.kwargs={widths: [8, 8], convs_per_block: 1}"
+    slow = search_config("model.name=search_cnn", baseline, "search.space.widths=[64]")
+    run_search(slow, mnist_small)
+    trials = trials_of(slow)
+    assert [t.state.name for t in trials] == ["PRUNED"] * 2
+    assert all(t.user_attrs["relative_cost"] > 1 and "as slow per image as the baseline" in t.user_attrs["reason"]
+               for t in trials)
+    assert not (tmp_path / "models").exists()  # nothing was trained or checkpointed
+
+    fast = search_config("model.name=search_cnn", "model.kwargs={widths: [64, 128], convs_per_block: 3}",
+                         "search.n_trials=1")
+    study = run_search(fast, mnist_small)
+    (trial,) = trials_of(fast)
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["relative_cost"] < 1
+    summary = write_summary(study, tmp_path / "search.json", fast)
+    assert summary["compute_budget"] == {"model": "search_cnn", "kwargs": {"widths": [64, 128], "convs_per_block": 3},
+                                         "cost_cap": 1.0}
+    assert summary["trials"][0]["relative_cost"] == trial.user_attrs["relative_cost"]
+    assert study_name(fast) != study_name(search_config("model.name=search_cnn", baseline))  # the budget is identity
+
+
 def test_shrink_to_fit_trains_a_model_under_the_budget(search_config, mnist_small):
     config = search_config("search.param_budget=20000", "search.budget_mode=shrink", "search.n_trials=1",
                            "search.space.widths=[64]", "search.trial_train_subset=0", "search.trial_epochs=3")

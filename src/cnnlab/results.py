@@ -190,7 +190,8 @@ def _verdict(met: bool) -> str:
 
 
 E5_NOT_RETRAINED = (f"`{E5_WINNER_SEEDS}` belongs to an earlier study, and "
-                    "`dvc repro experiments/dvc.yaml:retrain_best-e5_search` retrains this one")
+                    "`dvc repro experiments/dvc.yaml:retrain_best-e5_search` brings the study up to date "
+                    "(`cnnlab provenance` says whether it is), then retrains its winner")
 
 
 def e5_headline(root: Path) -> str:
@@ -254,6 +255,29 @@ def _importances(search: dict) -> str:
                 "`cnnlab search-report` on the study recomputes them.")
     top = sorted(search["importances"].items(), key=lambda kv: -kv[1])[:5]
     return f"Importances ({search['importance_evaluator']}): " + ", ".join(f"{k} {v:.2f}" for k, v in top) + "."
+
+
+E5_COST = "bench/search_cost.json"  # `make bench-search-cost`
+
+
+def e5_cost(root: Path) -> str:
+    result = _load(root, E5_COST)
+    baseline = result["baseline"]["kwargs"]
+    load = result["load_average_1min"]
+    head = (f"Each complete trial of `{result['source']}` against the entry's own net ({baseline['block_style']}, widths "
+            f"{'/'.join(map(str, baseline['widths']))}), timed in turn on {_machine(result['machine'])} "
+            f"({result['runtime']}; 1-minute load average {load['before']:.1f} before, {load['after']:.1f} after; "
+            f"median of {result['repeats']} repeats); measured {result['measured'][:10]}. The compute budget lets a "
+            f"candidate train at up to {result['cost_cap']:.1f}x the baseline's time per image.\n\n")
+    rows = [(f"{t['number']}{' (winner)' if t['winner'] else ''}", t["block_style"], "/".join(map(str, t["widths"])),
+             f"{t['parameters']:,d}", pct(t["val_accuracy"]), f"{t['relative_cost']:.2f}x",
+             "yes" if t["within_budget"] else "**no**") for t in result["trials"]]
+    kept = [t for t in result["trials"] if t["within_budget"]]
+    winner_kept = any(t["winner"] for t in kept)
+    within = (f"Under the budget, {len(kept)} of these {len(result['trials'])} trials would have trained, "
+              f"{'the winner among them' if winner_kept else 'the winner not among them'}. ")
+    return head + _table(("trial", "blocks", "widths", "parameters", "validation (search)", "training time per image",
+                          "within the compute budget"), rows) + within + _sources(E5_COST)
 
 
 E5_COMPARISON = "outputs/e5_search/search_comparison.json"
@@ -371,7 +395,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "e1": e1, "e1-headline": e1_headline, "e1-fast": e1_fast, "e1-fast-headline": e1_fast_headline, "bench": bench, "bench-headline": bench_headline,
-    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e8": e8, "faults": faults, "catalogue": catalogue,
+    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e8": e8, "faults": faults, "catalogue": catalogue,
 }
 
 

@@ -6,11 +6,14 @@ module that imports optuna.
 
 Every candidate is built and counted before any training: over ``search.param_budget`` it
 is shrunk to fit (``budget_mode: shrink``) or pruned at once (``reject``), costing no
-training time. Trials train on a stratified subset for ``trial_epochs`` epochs, report
-validation accuracy per epoch to the pruner, and each is an MLflow child run of one parent
-run per study (parent id passed explicitly, so it works across processes). Workers that
-share the storage share the study; ``n_trials`` counts trials of every worker and of
-earlier invocations, so re-running the same command resumes.
+training time. When the entry's own model is of the searched family (E5's hand-designed net),
+it is the baseline, and a candidate that trains slower per image than it, timed here
+(cnnlab.training_cost), is pruned at once too: the winner must retrain in the baseline's time.
+Trials train on a stratified subset for ``trial_epochs`` epochs, report validation accuracy
+per epoch to the pruner, and each is an MLflow child run of one parent run per study (parent
+id passed explicitly, so it works across processes). Workers that share the storage share the
+study; ``n_trials`` counts trials of every worker and of earlier invocations, so re-running the
+same command resumes.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from .files import sqlite_damage
 from .hashing import content_sha256
 from .lifecycle import FAILURE_TAG, owner_tags
 from .models.searchable import count_for, fit_to_budget
-from .runtime import project_root
+from .runtime import project_root, resolve_runtime
 from .builder import build_model, resolve_model_kwargs
 from .train import TrainingDiverged, fit
+from .training_cost import relative_training_cost
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,14 @@ WIDTH_STEP = 4  # grown widths are rounded to a multiple of this (channel counts
 
 
 class OverBudget(optuna.TrialPruned):
-    """The candidate has more trainable parameters than the budget allows."""
+    """The candidate has more trainable parameters than the budget allows, or trains slower than the baseline."""
+
+
+SEARCHED_FAMILY = "search_cnn"
+# A candidate may train at most this many times as slow per image as the baseline. Timing a few
+# steps is noisy by a few percent, so a candidate as fast as the baseline may fall either side.
+COST_CAP = 1.0
+COST_ATTR = "relative_cost"  # the trial's seconds per training image over the baseline's
 
 
 def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -270,7 +281,6 @@ NOT_STUDY_IDENTITY = (
     "search.workers", "search.storage", "search.heartbeat_seconds", "search.max_retry",  # where and how it runs
     "data.prepared_dir",  # where the prepared data lies (its settings are part of the identity)
     "train.epochs", "train.resume_from",  # trials train search.trial_epochs from scratch (Objective.trial_config)
-    "model.name", "model.kwargs",  # trials build their own search_cnn: the entry's model is the baseline
     "tracking.log_model",
 )
 
@@ -378,14 +388,16 @@ class Objective:
         self.config, self.parent_run_id = config, parent_run_id
         self.search = config.search
         self.data = trial_subset(data, self.search.trial_train_subset, config.data.split_seed)
-        self.base_kwargs = resolve_model_kwargs("search_cnn", {}, data)
+        self.base_kwargs = resolve_model_kwargs(SEARCHED_FAMILY, {}, data)
+        baseline = baseline_model(config)
+        self.baseline_kwargs = resolve_model_kwargs(SEARCHED_FAMILY, baseline.kwargs, data) if baseline else None
         self.trial_number: int | None = None  # the trial this process runs (or ran last)
 
     def trial_config(self, trial: optuna.Trial, model_kwargs: dict, training: dict) -> Config:
         train = dataclasses.replace(with_recipe(self.config.train, training), epochs=self.search.trial_epochs,
                                     progress=False, resume_from="")
         return dataclasses.replace(self.config, run=f"{trials_name(self.search.study)}/trial{trial.number:04d}",
-                                   model=ModelConfig("search_cnn", model_kwargs), train=train)
+                                   model=ModelConfig(SEARCHED_FAMILY, model_kwargs), train=train)
 
     def __call__(self, trial: optuna.Trial):
         from .tracking import RunTracker
@@ -403,6 +415,7 @@ class Objective:
         trial.set_user_attr("model_kwargs", model_kwargs)
         trial.set_user_attr("training", training)
         config = self.trial_config(trial, model_kwargs, training)
+        self.check_training_cost(trial, config)
         tracker = RunTracker(config, run_name=f"trial-{trial.number}", parent_run_id=self.parent_run_id,
                              tags={"optuna.study": self.search.study, STORAGE_STUDY_TAG: trial.study.study_name,
                                    "optuna.trial": str(trial.number),
@@ -425,12 +438,32 @@ class Objective:
             return result.best_val_accuracy, parameters
         return result.best_val_accuracy
 
+    def check_training_cost(self, trial: optuna.Trial, config: Config) -> None:
+        """Prune (OverBudget) a candidate that trains slower per image than the baseline, before
+        it trains; its relative cost is kept on the trial either way."""
+        if self.baseline_kwargs is None:
+            return
+        runtime = resolve_runtime(config.train.device, config.train.precision)
+        cost = relative_training_cost(SEARCHED_FAMILY, config.model.kwargs, self.baseline_kwargs,
+                                      config.train.batch_size, runtime)
+        trial.set_user_attr(COST_ATTR, round(cost, 3))
+        if cost > COST_CAP:
+            reason = f"over budget: trains {cost:.2f}x as slow per image as the baseline (cap {COST_CAP:g}x)"
+            trial.set_user_attr("reason", reason)
+            raise OverBudget(reason)
+
     @staticmethod
     def _close(trial: optuna.Trial, tracker, state: str, reason: str, status: str) -> None:
         if reason:
             trial.set_user_attr("reason", reason)
         tracker.set_tags({"optuna.state": state, **({"optuna.reason": reason} if reason else {})})
         tracker.set_terminated(status)
+
+
+def baseline_model(config: Config) -> ModelConfig | None:
+    """The entry's own model when it is of the searched family: the hand-designed net the search
+    must beat, whose training speed is the candidates' compute budget. None: no compute budget."""
+    return config.model if config.model.name == SEARCHED_FAMILY else None
 
 
 def wait_for_parent_run(study: optuna.Study) -> str | None:
@@ -617,7 +650,8 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
         values = trial.values or []
         rows.append({"number": trial.number, "state": trial.state.name,
                      "val_accuracy": values[0] if values else None,
-                     "parameters": trial.user_attrs.get("parameters"), "reason": trial.user_attrs.get("reason", ""),
+                     "parameters": trial.user_attrs.get("parameters"), COST_ATTR: trial.user_attrs.get(COST_ATTR),
+                     "reason": trial.user_attrs.get("reason", ""),
                      "params": trial.params, "model_kwargs": trial.user_attrs.get("model_kwargs"),
                      "training": trial.user_attrs.get("training"), "epochs": trial.user_attrs.get(EPOCHS_ATTR, 0),
                      "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "enqueued": enqueued(trial),
@@ -685,8 +719,12 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def write_summary(study: optuna.Study, path: Path, search: SearchConfig) -> dict[str, Any]:
-    summary = {"study": search.study, "storage_study": study.study_name, "param_budget": search.param_budget, "sampler": search.sampler,
+def write_summary(study: optuna.Study, path: Path, config: Config) -> dict[str, Any]:
+    search = config.search
+    baseline = baseline_model(config)
+    compute_budget = {"model": baseline.name, "kwargs": baseline.kwargs, "cost_cap": COST_CAP} if baseline else None
+    summary = {"study": search.study, "storage_study": study.study_name, "param_budget": search.param_budget,
+               "compute_budget": compute_budget, "sampler": search.sampler,
                "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
                "epochs_spent": epochs_spent(study), "wall_seconds": study_wall_seconds(study),
                "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),

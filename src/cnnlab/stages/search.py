@@ -26,7 +26,7 @@ def search(config: Config) -> dict[str, Any]:
     except BaseException as err:
         end_parent_run(config, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", describe_exit(err))
         raise
-    summary = write_summary(study, StudyFiles.of(config).search_summary, config.search)
+    summary = write_summary(study, StudyFiles.of(config).search_summary, config)
     end_parent_run(config, "FINISHED")
     states = ", ".join(f"{k.lower()} {v}" for k, v in summary["states"].items() if v)
     print(f"study {study.study_name}: {states}")
