@@ -28,9 +28,9 @@ WARMUP_STEPS = 1  # the first step allocates and picks kernels: not timed
 TIMED_STEPS = 5  # per net; the ratio of the medians, so one step slowed by another process is ignored
 
 
-def training_step_seconds(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime) -> float:
+def training_step_seconds(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                          labels: torch.Tensor, runtime: Runtime) -> float:
     """Wall seconds of one optimizer step of ``model`` on the batch (forward, loss, backward, update)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # updates cost alike for every net: no change wanted
     started = time.perf_counter()
     with runtime.autocast():
         logits, _ = model(images)
@@ -58,10 +58,12 @@ def relative_training_cost(model_name: str, candidate_kwargs: dict[str, Any], ba
         images = torch.rand(batch_size, candidate_kwargs["in_channels"], side, side)
         images = images.to(runtime.device, memory_format=layout)
         labels = torch.randint(0, candidate_kwargs["num_classes"], (batch_size,)).to(runtime.device)
+        # lr 0: an update costs alike for every net, and the weights need not change
+        optimizers = [torch.optim.SGD(net.parameters(), lr=0.0) for net in nets]
         seconds: list[list[float]] = [[], []]
         for step in range(WARMUP_STEPS + TIMED_STEPS):
-            for net, timed in zip(nets, seconds):  # in turn: a burst of load slows both alike
-                elapsed = training_step_seconds(net, images, labels, runtime)
+            for net, optimizer, timed in zip(nets, optimizers, seconds):  # in turn: a burst of load slows both alike
+                elapsed = training_step_seconds(net, optimizer, images, labels, runtime)
                 if step >= WARMUP_STEPS:
                     timed.append(elapsed)
     return statistics.median(seconds[0]) / statistics.median(seconds[1])
