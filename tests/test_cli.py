@@ -10,7 +10,7 @@ from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
 from cnnlab.hashing import file_digest
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def cli_overrides(tmp_path, datasets_dir, tracking_uri):
         "--params", str(PROJECT_ROOT / "params.yaml"),
         "-S", f"models_dir={tmp_path / 'models'}", "-S", f"outputs_dir={tmp_path / 'outputs'}",
         "-S", f"data.prepared_dir={tmp_path / 'prepared'}", "-S", f"data.datasets_dir={datasets_dir}",
-        "-S", "data.download=false", "-S", "data.train_subset=2000", "-S", "train.epochs=2",
+        "-S", "data.download=false", "-S", "data.train_subset=2000", "-S", f"data.val_fraction={SMALL_VAL_FRACTION}", "-S", "train.epochs=2",
         "-S", "train.progress=false", "-S", f"tracking.uri={tracking_uri}",
         "-S", "tracking.experiment=cli-test", "-S", "tracking.registered_model=cli-test-model",
         "-S", "analysis.tsne_points=400",

@@ -9,7 +9,7 @@ from cnnlab.compare import Row, experiment_row, format_freeze_sweep, format_mark
 from cnnlab.config import catalogue_for, load_config
 from cnnlab.contract import EntryResults
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION
 
 
 @pytest.mark.parametrize("reference, mean, expected", [
@@ -129,6 +129,7 @@ def test_compare_and_seeds_commands(tmp_path, datasets_dir, tracking_uri, capsys
     common = ["--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={tmp_path / 'models'}",
               f"outputs_dir={tmp_path / 'outputs'}", f"data.prepared_dir={tmp_path / 'prepared'}",
               f"data.datasets_dir={datasets_dir}", "data.download=false", "data.train_subset=1000",
+              f"data.val_fraction={SMALL_VAL_FRACTION}",
               "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}", "tracking.log_model=false",
               "tracking.experiment=compare-test", "seeds=[0, 1]"]
     assert main(["prepare", *common]) == 0

@@ -15,7 +15,7 @@ from cnnlab.contract import (STAGES, SWEEPS, UNTRACKED_KEYS, RunFiles, compare_i
                              file_paths, group_files, group_inputs, group_members, stage)
 from cnnlab.dvcgen import file_deps, generated
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION
 
 
 def test_committed_dvc_yaml_files_are_the_generated_ones():
@@ -128,7 +128,7 @@ def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, datasets_
     overrides = [
         f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
         f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}", "data.download=false",
-        "data.train_subset=600", "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
+        "data.train_subset=600", f"data.val_fraction={SMALL_VAL_FRACTION}", "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
         f"tracking.experiment=probe-{tmp_path.name}", "analysis.tsne_points=200", "seeds=[0, 1]",
         f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=probe-{tmp_path.name}",
         "search.n_trials=1", "search.trial_epochs=1", "search.trial_train_subset=300", "search.epoch_budget=1",

@@ -15,7 +15,7 @@ optuna = pytest.importorskip("optuna")
 
 from cnnlab.search import stored_study, studies_named  # noqa: E402
 
-from .conftest import PROJECT_ROOT  # noqa: E402
+from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION  # noqa: E402
 
 SQLITE_BUSY_TIMEOUT_S = 5  # how long Python's sqlite3 (so SQLAlchemy, so Optuna) waits for a busy file
 POSTGRES_URL = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -72,7 +72,7 @@ def prepared(tmp_path, datasets_dir):
     # outputs_dir too: the stage's timings.json must not land in the project's own outputs/
     args = [sys.executable, "-m", "cnnlab.cli", "prepare", "--params", str(PROJECT_ROOT / "params.yaml"),
             "-S", f"data.prepared_dir={tmp_path / 'prepared'}", "-S", f"data.datasets_dir={datasets_dir}",
-            "-S", f"outputs_dir={tmp_path / 'outputs'}"]
+            "-S", f"outputs_dir={tmp_path / 'outputs'}", "-S", f"data.val_fraction={SMALL_VAL_FRACTION}"]
     subprocess.run(args, check=True, capture_output=True)
 
 

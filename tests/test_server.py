@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MLFLOW_URI_VARIABLES, S3_BUCKET, S3_ENV, TEST_PARAMS, s3_client
+from .conftest import MLFLOW_URI_VARIABLES, S3_BUCKET, S3_ENV, SMALL_VAL_FRACTION, TEST_PARAMS, s3_client
 
 POSTGRES = os.environ.get("CNNLAB_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 STARTUP_S = 300  # a busy 2-core machine took minutes to start two MLflow workers
@@ -118,7 +118,8 @@ def prepared_file(tmp_path_factory, datasets_dir):
     # outputs_dir too: the stage's timings.json must not land in the project's own outputs/
     subprocess.run(cnnlab("prepare", "--params", str(TEST_PARAMS), "-S", f"data.prepared_dir={root}",
                           "-S", f"outputs_dir={root / 'outputs'}",
-                          "-S", f"data.datasets_dir={datasets_dir}", "-S", "data.download=false"),
+                          "-S", f"data.datasets_dir={datasets_dir}", "-S", "data.download=false",
+                          "-S", f"data.val_fraction={SMALL_VAL_FRACTION}"),
                    check=True, capture_output=True, cwd=root)
     return root / "mnist.pt"
 
