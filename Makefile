@@ -40,7 +40,8 @@ browser:
 	  || echo "browser: apt-get could not install chromium (offline?); the MLflow UI test skips"; fi
 
 ## test: the whole suite (slow tests included) in TEST_WORKERS processes, an idle one taking queued tests
-## from a busy one (worksteal: a few tests take minutes); the slowest tests listed at the end
+## from a busy one (worksteal: a few tests take minutes), each on its own share of the cores
+## (tests/conftest.py: torch threads would otherwise oversubscribe them); the slowest tests listed at the end
 TEST_WORKERS ?= 2
 test: install browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
