@@ -21,7 +21,7 @@ def reproduced(tmp_path_factory, tracking_uri):
     """A copy of the project (embedded digits, no model logged to MLflow: seconds saved) whose
     prepare → train → evaluate ran under `dvc repro` and is committed, dvc.lock included."""
     repo = tmp_path_factory.mktemp("remote") / "project"
-    env = dvc_project_copy(repo, tracking_uri, None, "dvc-remote-test", tracking={"log_model": False})
+    env = dvc_project_copy(repo, tracking_uri, "dvc-remote-test", tracking={"log_model": False})
     run(["dvc", "repro", "evaluate"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "E1, tiny"], repo, env)
