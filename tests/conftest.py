@@ -74,9 +74,9 @@ def mnist_raw():
 # Held-out digits the tests' fits score: a tiny fit spends seconds on 3,000 training digits and,
 # with MNIST's whole 6,000 val and 10,000 test splits, far longer scoring than training.
 SMALL_VAL, SMALL_TEST = 1500, 2000
-# The same val split for the runs tests start through the CLI or DVC, which prepare full MNIST
-# themselves: 2.5% of its 60,000 training digits.
-SMALL_VAL_FRACTION = 0.025
+# The same val split for the runs tests start through the CLI, which prepare full MNIST themselves
+# (data.val_fraction is a share of its 60,000 training digits).
+SMALL_VAL_FRACTION = SMALL_VAL / 60_000
 
 
 @pytest.fixture(scope="session")

@@ -128,7 +128,8 @@ def test_every_stage_reads_and_imports_only_what_it_declares(tmp_path, tracking_
     (tmp_path / "catalogue.yaml").write_text(yaml.safe_dump(catalogue))
     overrides = [
         f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
-        f"data.prepared_dir={tmp_path / 'prepared'}", "data.download=false", "data.train_subset=600", "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
+        f"data.prepared_dir={tmp_path / 'prepared'}", "data.download=false", "data.train_subset=600",
+        "train.epochs=1", "train.progress=false", f"tracking.uri={tracking_uri}",
         f"tracking.experiment=probe-{tmp_path.name}", "analysis.tsne_points=200", "seeds=[0, 1]",
         f"search.storage=sqlite:///{tmp_path / 'optuna.db'}", f"search.study=probe-{tmp_path.name}",
         "search.n_trials=1", "search.trial_epochs=1", "search.trial_train_subset=300", "search.epoch_budget=1",

@@ -63,7 +63,8 @@ def test_parallel_seeds_train_the_same_runs_as_one_after_another(tmp_path, datas
     on one thread: processes change the wall time, not the results."""
     common = ["--params", str(PROJECT_ROOT / "params.yaml"), "-S", f"models_dir={tmp_path / 'models'}",
               f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}",
-              "data.download=false", "data.train_subset=1000", f"data.val_fraction={SMALL_VAL_FRACTION}", "train.epochs=1", "train.progress=false",
+              "data.download=false", "data.train_subset=1000", f"data.val_fraction={SMALL_VAL_FRACTION}",
+              "train.epochs=1", "train.progress=false",
               f"tracking.uri={tracking_uri}", "tracking.log_model=false", "tracking.experiment=parallel-seeds",
               "seeds=[0, 1]", "train.threads=2"]
     assert main(["prepare", *common, f"outputs_dir={tmp_path / 'prepare'}"]) == 0  # not the project's outputs/

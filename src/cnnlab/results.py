@@ -49,7 +49,8 @@ def mean_std(values: list[float]) -> str:
 
 def _machine(machine: dict[str, Any]) -> str:
     """A result file's ``machine`` (runtime.machine()) in words."""
-    return (f"{machine['cpu']} with {machine['torch_threads']} threads, native bf16 "
+    threads = machine["torch_threads"]
+    return (f"{machine['cpu']} with {threads} thread{'' if threads == 1 else 's'}, native bf16 "
             f"{'present' if machine['native_bf16'] else 'absent'}")
 
 

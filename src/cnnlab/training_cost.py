@@ -1,14 +1,14 @@
 """What a network costs to train per image, relative to another, timed here: the search's
 compute budget beside its parameter budget.
 
-    relative_training_cost("search_cnn", candidate_kwargs, baseline_kwargs, 256, resolve_runtime())  # 2.35x slower
+    relative_training_cost("search_cnn", candidate_kwargs, baseline_kwargs, 256, resolve_runtime())  # 2.0: twice as slow
 
-E5's winner is retrained within a wall-time budget, and neither the parameter count nor the
-multiply-accumulates tell a net's training time on a CPU: at the same parameter budget the first
-multi-fidelity study's winner (Inception-style blocks) trained 2.35x slower per image than the
-hand-designed residual net with 1.5x its multiply-accumulates, so its three 40-epoch seeds would
-have taken 2.5 h alone. Both nets are timed the same way, step by step in turn, in the calling
-process with its threads, so the ratio holds under whatever else the machine runs.
+E5's winner is retrained within a wall-time budget, and the parameter count does not tell a net's
+training time on a CPU: at the same parameter budget, an Inception-style winner of the study
+trained far slower per image than the hand-designed residual net (bench/search_cost.json, written
+by `make bench-search-cost`, has each trial's ratio). Both nets are timed the same way, step by
+step in turn, in the calling process with its threads, so the ratio holds under whatever else
+the machine runs.
 """
 
 from __future__ import annotations
