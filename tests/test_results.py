@@ -151,3 +151,20 @@ def test_the_e5_comparison_quotes_the_arms_retrained_so_far(tmp_path):
     hand["runs"] = hand["runs"][:2]
     hand_path.write_text(json.dumps(hand))
     assert "not compared" in regenerate(doc, tmp_path)
+
+
+def test_the_cost_table_of_an_earlier_study_says_so(tmp_path):
+    """bench/search_cost.json times one study's complete trials; once the study runs again, the
+    table must name itself an earlier study's instead of passing for the committed one's."""
+    doc = "<!-- results:e5-cost -->\n<!-- /results:e5-cost -->\n"
+    (tmp_path / "bench").mkdir()
+    shutil.copy(PROJECT_ROOT / "bench/search_cost.json", tmp_path / "bench/search_cost.json")
+    cost = json.loads((tmp_path / "bench/search_cost.json").read_text())
+    search_path = tmp_path / "outputs/e5_search/search.json"
+    search_path.parent.mkdir(parents=True)
+    timed = [{"number": t["number"], "state": "COMPLETE", "parameters": t["parameters"]} for t in cost["trials"]]
+    search_path.write_text(json.dumps({"trials": timed + [{"number": 99, "state": "PRUNED", "parameters": 1}]}))
+    assert "earlier study" not in regenerate(doc, tmp_path)
+    timed[0]["parameters"] += 1
+    search_path.write_text(json.dumps({"trials": timed}))
+    assert "These are the trials of an earlier study" in regenerate(doc, tmp_path)

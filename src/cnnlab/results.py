@@ -273,12 +273,25 @@ def e5_cost(root: Path) -> str:
     rows = [(f"{t['number']}{' (winner)' if t['winner'] else ''}", t["block_style"], "/".join(map(str, t["widths"])),
              f"{t['parameters']:,d}", pct(t["val_accuracy"]), f"{t['relative_cost']:.2f}x",
              "yes" if t["within_budget"] else "**no**") for t in result["trials"]]
+    if _timed_trials(result) != _complete_trials(_load(root, result["source"])):
+        head = (f"These are the trials of an earlier study than the one `{result['source']}` now holds; "
+                f"`make bench-search-cost` times this one's. ") + head
     kept = [t for t in result["trials"] if t["within_budget"]]
     winner_kept = any(t["winner"] for t in kept)
     within = (f"Under the budget, {len(kept)} of these {len(result['trials'])} trials would have trained, "
               f"{'the winner among them' if winner_kept else 'the winner not among them'}. ")
     return head + _table(("trial", "blocks", "widths", "parameters", "validation (search)", "training time per image",
                           "within the compute budget"), rows) + within + _sources(E5_COST)
+
+
+def _complete_trials(search: dict[str, Any]) -> dict[int, int]:
+    return {t["number"]: t["parameters"] for t in search["trials"] if t["state"] == "COMPLETE"}
+
+
+def _timed_trials(cost: dict[str, Any]) -> dict[int, int]:
+    """The trials the cost bench timed, as ``_complete_trials`` keys them: a study run again
+    after the bench has other trials, and the table must not pass for this study's."""
+    return {t["number"]: t["parameters"] for t in cost["trials"]}
 
 
 E5_COMPARISON = "outputs/e5_search/search_comparison.json"
