@@ -99,22 +99,24 @@ def test_make_bench_runs_on_the_embedded_digits_and_writes_its_json(tmp_path):
 
 
 def comparison_file(root, tpe_test: float, hand_test: float, hours: float):
-    """A search_comparison.json shaped as `cnnlab search-compare` writes it."""
+    """A search_comparison.json shaped as `cnnlab search-compare` writes it, and the timings of the
+    searches (the TPE study's on one CPU, the random one's on another)."""
     def arm(name, test, searched=True):
         retrained = {"val_accuracy_mean": test + 0.004, "val_accuracy_std": 0.001, "test_accuracy_mean": test,
                      "test_accuracy_std": 0.002, "seeds": [0, 1, 2], "per_seed": [], "total_parameters": 140_000,
-                     "wall_seconds": 3000.0}
+                     "wall_seconds": 3000.0, "machine": {"cpu": f"{name} CPU"}}
         study = {"tpe": "e5_search", "random": "e5_search_random"}.get(name)
         return {"arm": name, "retrained": retrained, **({"study": study, "epochs_spent": 121, "trials": 30,
                                                          "search_wall_seconds": 3600 * hours - 3000.0} if searched else {})}
     comparison = {"study": "e5_search", "epoch_budget": 120, "param_budget": 150000, "retrain_epochs": 30,
                   "seeds": [0, 1, 2], "arms": [arm("random", 0.90), arm("tpe", tpe_test), arm("hand-designed", hand_test, False)],
                   "gain_over_hand_designed_pp": {"tpe": 100 * (tpe_test - hand_test), "random": 100 * (0.90 - hand_test)},
-                  "search_plus_retrain_hours": {"tpe": hours, "random": hours},
-                  "machine": {"cpu": "test CPU", "torch_threads": 2, "native_bf16": True}}
+                  "search_plus_retrain_hours": {"tpe": hours, "random": hours}}
     path = root / "outputs" / "e5_search" / "search_comparison.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(comparison))
+    timings = {"search": {"machine": {"cpu": "CPU A"}}, "search_control": {"machine": {"cpu": "CPU B"}}}
+    (path.parent / "timings.json").write_text(json.dumps(timings))
 
 
 def test_the_e5_comparison_block_states_each_target_as_met_or_not(tmp_path):
@@ -122,8 +124,9 @@ def test_the_e5_comparison_block_states_each_target_as_met_or_not(tmp_path):
     assert "Not run yet" in regenerate(doc, tmp_path)  # no file: says which stage writes it, quotes no number
     comparison_file(tmp_path, tpe_test=0.9150, hand_test=0.9050, hours=2.0)
     met = regenerate(doc, tmp_path)
-    assert "| tpe | 121 | 30 | 140,000 | 91.90 ± 0.10% | 91.50 ± 0.20% | +1.00 pp | 2.00 h |" in met
+    assert "| tpe | 121 | 30 | 140,000 | 91.90 ± 0.10% | 91.50 ± 0.20% | +1.00 pp | 2.00 h | tpe CPU |" in met
     assert "| hand-designed | - | - |" in met and "**not met**" not in met
+    assert "The searches ran random on CPU B, tpe on CPU A" in met  # the control's from search_control's timings
     comparison_file(tmp_path, tpe_test=0.9080, hand_test=0.9050, hours=2.6)
     missed = regenerate(doc, tmp_path)
     assert missed.count("**not met**") == 3  # below 91%, over the hours, under the +0.5 pp gain
@@ -134,6 +137,7 @@ def test_the_e5_comparison_quotes_the_arms_retrained_so_far(tmp_path):
     seeds are compared; an arm not yet retrained, or other seeds, are named instead."""
     doc = "<!-- results:e5-comparison -->\n<!-- /results:e5-comparison -->\n"
     committed_e5_with_its_winner_retrained(tmp_path)
+    (tmp_path / "outputs/e5_search/search_comparison.json").unlink(missing_ok=True)  # search-compare not run yet
     hand_path = tmp_path / "outputs/e5_search/seeds.json"
     hand_path.unlink(missing_ok=True)
     assert "Not retrained yet: `seeds-e5_search`." in regenerate(doc, tmp_path)
@@ -164,7 +168,10 @@ def test_the_cost_table_of_an_earlier_study_says_so(tmp_path):
     search_path.parent.mkdir(parents=True)
     timed = [{"number": t["number"], "state": "COMPLETE", "parameters": t["parameters"]} for t in cost["trials"]]
     search_path.write_text(json.dumps({"trials": timed + [{"number": 99, "state": "PRUNED", "parameters": 1}]}))
-    assert "earlier study" not in regenerate(doc, tmp_path)
+    same = regenerate(doc, tmp_path)
+    assert "earlier study" not in same and "Each complete trial of `outputs/e5_search/search.json`" in same
     timed[0]["parameters"] += 1
     search_path.write_text(json.dumps({"trials": timed}))
-    assert "These are the trials of an earlier study" in regenerate(doc, tmp_path)
+    earlier = regenerate(doc, tmp_path)
+    assert "These are the complete trials of an earlier study" in earlier
+    assert "Each complete trial of `outputs/e5_search/search.json`" not in earlier  # never both

@@ -9,11 +9,11 @@
     cnnlab predict MODEL.onnx IMAGE|GLOB|NPZ ...   # class probabilities as JSON (ONNX model alone)
     cnnlab server [--check]         # a shared MLflow tracking server on PostgreSQL (cnnlab.server)
 
-It parses and dispatches; the stages (cnnlab.stages) do the work. Every command but
-``predict`` reads ``params.yaml`` (``--params``) with its catalogue entry merged in and takes
-``-S key=value`` as ``dvc exp run -S`` does; outside DVC it refuses to write what a dvc.yaml stage
-caches (cnnlab.dvc_guard). Ctrl-C or SIGTERM: runs end KILLED, one line, exit 130 or 143
-(cnnlab.lifecycle). ``--verbose`` shows other libraries' INFO lines (cnnlab.console).
+It parses and dispatches; the stages (cnnlab.stages) do the work. Every command but ``predict`` reads
+``params.yaml`` (``--params``) with its catalogue entry merged in and takes ``-S key=value`` as ``dvc exp
+run -S`` does; outside DVC it refuses to write what a dvc.yaml stage caches (cnnlab.dvc_guard), and it
+creates the MLflow store a stage logs to before the stage runs (cnnlab.store_setup). Ctrl-C or SIGTERM:
+runs end KILLED, one line, exit 130 or 143 (cnnlab.lifecycle). ``--verbose``: other libraries' INFO lines.
 ``torchrun --standalone --nproc_per_node=N -m cnnlab.cli train ...``: N processes (cnnlab.distributed).
 """
 
@@ -133,10 +133,8 @@ def cmd_server(config: Config, args) -> None:
 
 def stages_of(command: str) -> tuple[str, ...]:
     """The contract stages a command runs (none for datasets, models, dvc-yaml)."""
-    if command == "pipeline":
-        return PIPELINE
     name = command.replace("-", "_")
-    return (name,) if name in STAGES or name in SWEEPS else ()
+    return PIPELINE if command == "pipeline" else tuple(n for n in (name,) if n in STAGES or n in SWEEPS)
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
@@ -217,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import launch_words, ranks_from_env, refuse_other_commands
     from .export import ParityError
     from .models import ModelError
+    from .store_setup import create_store_for
     from .train import TrainingDiverged
 
     expected = (ConfigError, DatasetError, ModelError, CheckpointError, TrainingDiverged, ParityError,
@@ -226,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             refuse_other_commands(args.command, ranks_from_env())
             config = load_config(args.params, args.overrides)
             refuse_uncached_writes(stages_of(args.command), config, args.params)  # DVC's files: DVC writes them
+            create_store_for(stages_of(args.command), config.tracking.uri)  # once, before any worker opens it
             COMMANDS[args.command][0](config, args)
     except KeyboardInterrupt as err:
         launcher = launch_words(ranks_from_env())  # resumed as it was started (torchrun or not)

@@ -265,7 +265,12 @@ def e5_cost(root: Path) -> str:
     result = _load(root, E5_COST)
     baseline = result["baseline"]["kwargs"]
     load = result["load_average_1min"]
-    head = (f"Each complete trial of `{result['source']}` against the entry's own net ({baseline['block_style']}, widths "
+    committed = [t for t in _load(root, result["source"])["trials"] if t["state"] == "COMPLETE"]
+    # A study run again after the bench has other trials: the table must not pass for this one's.
+    subject = (f"Each complete trial of `{result['source']}`" if _numbered(result["trials"]) == _numbered(committed)
+               else f"These are the complete trials of an earlier study than the one `{result['source']}` now holds "
+                    f"(`make bench-search-cost` times this one's), each")
+    head = (f"{subject} against the entry's own net ({baseline['block_style']}, widths "
             f"{'/'.join(map(str, baseline['widths']))}), timed in turn on {_machine(result['machine'])} "
             f"({result['runtime']}; 1-minute load average {load['before']:.1f} before, {load['after']:.1f} after; "
             f"median of {result['repeats']} repeats); measured {result['measured'][:10]}. The compute budget lets a "
@@ -273,9 +278,6 @@ def e5_cost(root: Path) -> str:
     rows = [(f"{t['number']}{' (winner)' if t['winner'] else ''}", t["block_style"], "/".join(map(str, t["widths"])),
              f"{t['parameters']:,d}", pct(t["val_accuracy"]), f"{t['relative_cost']:.2f}x",
              "yes" if t["within_budget"] else "**no**") for t in result["trials"]]
-    if _timed_trials(result) != _complete_trials(_load(root, result["source"])):
-        head = (f"These are the trials of an earlier study than the one `{result['source']}` now holds; "
-                f"`make bench-search-cost` times this one's. ") + head
     kept = [t for t in result["trials"] if t["within_budget"]]
     winner_kept = any(t["winner"] for t in kept)
     within = (f"Under the budget, {len(kept)} of these {len(result['trials'])} trials would have trained, "
@@ -284,14 +286,9 @@ def e5_cost(root: Path) -> str:
                           "within the compute budget"), rows) + within + _sources(E5_COST)
 
 
-def _complete_trials(search: dict[str, Any]) -> dict[int, int]:
-    return {t["number"]: t["parameters"] for t in search["trials"] if t["state"] == "COMPLETE"}
-
-
-def _timed_trials(cost: dict[str, Any]) -> dict[int, int]:
-    """The trials the cost bench timed, as ``_complete_trials`` keys them: a study run again
-    after the bench has other trials, and the table must not pass for this study's."""
-    return {t["number"]: t["parameters"] for t in cost["trials"]}
+def _numbered(trials: list[dict[str, Any]]) -> dict[int, int]:
+    """Trials by number, with their parameter counts: what tells one study's trials from another's."""
+    return {t["number"]: t["parameters"] for t in trials}
 
 
 E5_COMPARISON = "outputs/e5_search/search_comparison.json"
@@ -303,7 +300,7 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         return f"{100 * mean:.2f} ± {100 * std:.2f}%"
 
     rows = ["| arm | trial-epochs | trials | winner's parameters | retrained validation | retrained test "
-            "| vs hand-designed | search + retraining |", "|---|---|---|---|---|---|---|---|"]
+            "| vs hand-designed | search + retraining | retrained on |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in comparison["arms"]:
         r = arm["retrained"]
         searched = "epochs_spent" in arm  # the hand-designed arm ran no search
@@ -314,12 +311,14 @@ def format_comparison(comparison: dict[str, Any]) -> str:
             f"{r['total_parameters']:,d}", spread(r["val_accuracy_mean"], r["val_accuracy_std"]),
             spread(r["test_accuracy_mean"], r["test_accuracy_std"]),
             f"{gain:+.2f} pp" if gain is not None else "-",
-            f"{hours:.2f} h" if hours is not None else f"{r['wall_seconds'] / 3600:.2f} h (retraining)"]) + " |")
+            f"{hours:.2f} h" if hours is not None else f"{r['wall_seconds'] / 3600:.2f} h (retraining)",
+            r["machine"]["cpu"]]) + " |")
     return "\n".join(rows) + "\n"
 
 
 E5_HAND_DESIGNED = "outputs/e5_search/seeds.json"  # `cnnlab seeds` on the entry's own model and recipe
 E5_CONTROL_SEEDS = "outputs/e5_search_random_winner/seeds.json"  # `cnnlab retrain-control`
+E5_TIMINGS = "outputs/e5_search/timings.json"  # each stage's last wall time and machine
 
 
 def e5_comparison(root: Path) -> str:
@@ -340,9 +339,21 @@ def e5_comparison(root: Path) -> str:
         + _verdict(gain >= E5_TARGETS["gain_pp"]),
     ]
     return (f"{comparison['epoch_budget']} trial-epochs per sampler, winners retrained {comparison['retrain_epochs']} "
-            f"epochs over seeds {comparison['seeds']} on {_machine(comparison['machine'])}.\n\n"
+            f"epochs over seeds {comparison['seeds']}. {_searched_on(root, comparison)}\n\n"
             + format_comparison(comparison) + "\n" + f"Targets for `{own['arm']}`: " + "; ".join(verdicts) + ". "
-            + "![search comparison](../outputs/e5_search/search_comparison.png)\n\n" + _sources(E5_COMPARISON) + "\n")
+            + "![search comparison](../outputs/e5_search/search_comparison.png)\n\n"
+            + _sources(E5_COMPARISON, E5_TIMINGS) + "\n")
+
+
+def _searched_on(root: Path, comparison: dict[str, Any]) -> str:
+    """Where each search ran (its stage's timings entry: search.json does not say), beside the
+    retraining machines of the table: wall times compare across arms only on one machine."""
+    timings = _load(root, E5_TIMINGS)
+    stages = [(arm["arm"], "search" if arm["study"] == comparison["study"] else "search_control")
+              for arm in comparison["arms"] if "epochs_spent" in arm]
+    where = ", ".join(f"{arm} on {timings[stage]['machine']['cpu']}" for arm, stage in stages)
+    return (f"The searches ran {where}; each arm's retraining ran on the machine of the last column. Wall times "
+            f"compare across arms only on one machine.")
 
 
 def e5_arms_so_far(root: Path) -> str:
