@@ -108,10 +108,11 @@ def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, 
     study = study_name
     storage = optuna.storages.RDBStorage(storage_url)
     # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on
-    # 3,000 digits it once completed first (after the allocator change), so 12 epochs (on 600).
-    # The rescuer runs the same study, so with the same settings (else it would start its own),
-    # and trains the retried trial in full.
-    settings = ("search.heartbeat_seconds=1", "search.trial_epochs=12")
+    # 3,000 digits it once completed first (after the allocator change), and so did 12 epochs on
+    # 600 at 0.1 s an epoch (bf16 on an Intel Xeon with AMX), so 100. The rescuer runs the same
+    # study, so with the same settings (else it would start its own), and trains the retried trial
+    # in full.
+    settings = ("search.heartbeat_seconds=1", "search.trial_epochs=100")
     victim = worker(tmp_path, study, storage_url, tracking_uri, 1, datasets_dir, *settings)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until its trial is running, then kill it mid-trial
