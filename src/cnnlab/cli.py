@@ -134,7 +134,7 @@ def cmd_server(config: Config, args) -> None:
 def stages_of(command: str) -> tuple[str, ...]:
     """The contract stages a command runs (none for datasets, models, dvc-yaml)."""
     name = command.replace("-", "_")
-    return PIPELINE if command == "pipeline" else tuple(n for n in (name,) if n in STAGES or n in SWEEPS)
+    return PIPELINE if command == "pipeline" else (name,) if name in STAGES or name in SWEEPS else ()
 
 
 COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {

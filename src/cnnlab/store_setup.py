@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .contract import stage
+from .contract import SOURCE_PREFIX, stage
 from .tracking import LOCKABLE_STORES, check_store, client_for, registry_lock, resolve_tracking_uri
 
-TRACKING_SOURCE = "src/cnnlab/tracking.py"  # a stage logs to MLflow when its code includes it
+TRACKING_SOURCE = f"{SOURCE_PREFIX}/tracking.py"  # a stage logs to MLflow when its code includes it
 
 
 def logs_to_mlflow(stage_name: str) -> bool:
@@ -41,6 +41,6 @@ def create_store_once(configured_uri: str) -> None:
         return  # a tracking server creates its own store's tables, once, before it serves
     check_store(uri)  # a missing folder or a corrupt file: the one-line error, before the lock file
     with registry_lock(uri):
-        client = client_for(uri)
+        client = client_for(uri)  # inside the lock: MLflow's client opens the store when it is made
         client.search_experiments(max_results=1)  # the tracking tables
         client.search_registered_models(max_results=1)  # the model registry's
