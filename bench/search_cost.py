@@ -8,7 +8,7 @@ worker trains.
 Issue #16 wants the search and the winner's retraining within 2.5 h on this 2-core CPU, and the
 winner's seeds retrain at the winner's speed. Per complete trial of ``outputs/<study>/search.json``
 (and its winner) this records the median over ``--repeats`` of its relative cost, and whether
-the compute budget (COST_CAP) would let it train: a study that ran before the budget shows which
+the compute budget (search.cost_cap) would let it train: a study that ran before the budget shows which
 of its trials, the winner included, a search under it would have pruned before training.
 """
 
@@ -28,7 +28,7 @@ from scratch_project import ROOT
 from cnnlab.config import load_config
 from cnnlab.contract import StudyFiles
 from cnnlab.runtime import machine, resolve_runtime
-from cnnlab.search import COST_CAP, SEARCHED_FAMILY, baseline_model
+from cnnlab.search import SEARCHED_FAMILY, baseline_model
 from cnnlab.selection import search_winner
 from cnnlab.training_cost import relative_training_cost
 
@@ -64,11 +64,11 @@ def main() -> None:
                      "val_accuracy": trial["val_accuracy"], "parameters": trial["parameters"],
                      "block_style": kwargs["block_style"], "widths": kwargs["widths"],
                      "relative_costs": [round(c, 3) for c in costs], "relative_cost": round(cost, 3),
-                     "within_budget": cost <= COST_CAP})
+                     "within_budget": cost <= config.search.cost_cap})
         print(f"trial {trial['number']:3d} {kwargs['block_style']:9s} {kwargs['widths']}: {cost:.2f}x the baseline",
               flush=True)
     result = {"experiment": args.experiment, "study": summary["study"], "source": str(summary_path.relative_to(ROOT)),
-              "baseline": {"model": baseline.name, "kwargs": baseline.kwargs}, "cost_cap": COST_CAP,
+              "baseline": {"model": baseline.name, "kwargs": baseline.kwargs}, "cost_cap": config.search.cost_cap,
               "repeats": args.repeats,
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}, "runtime": runtime.describe(), "machine": machine(),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "trials": rows}

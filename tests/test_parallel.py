@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,29 @@ def write_pid(path: str, fail: bool) -> int:
     return os.getpid()
 
 
+def sleep_then_note(path: str, seconds: float) -> None:
+    """A job: sleeps, then leaves "done" in ``path``, or "interrupted" when a signal stopped it."""
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        Path(path).write_text("interrupted")
+        raise
+    Path(path).write_text("done")
+
+
+def coordinate(folder: str) -> int:
+    """A command that runs a quick job and a slow one on two workers, as `cnnlab seeds` runs seeds
+    (the exit code of an interruption as ``cli.main`` gives it)."""
+    from cnnlab.lifecycle import exit_code, signals_as_interrupts
+
+    try:
+        with signals_as_interrupts():
+            run_jobs(sleep_then_note, [(f"{folder}/quick", 0.0), (f"{folder}/slow", 120.0)], workers=2)
+    except KeyboardInterrupt as err:
+        return exit_code(err)
+    return 0
+
+
 def test_jobs_run_in_other_processes_and_keep_their_order(tmp_path):
     files = [str(tmp_path / f"job{i}") for i in range(3)]
     pids = run_jobs(write_pid, [(f, False) for f in files], workers=2)
@@ -38,6 +65,30 @@ def test_one_failing_job_leaves_the_others_finished_and_is_named(tmp_path):
     assert "1 of 3 jobs failed (2 finished and kept)" in str(err.value)
     assert "job job1: ValueError: job job1 was told to fail" in str(err.value)
     assert all(Path(f).exists() for f in files)  # the others ran to their end
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stopping_the_coordinator_with_an_idle_worker_stops_the_busy_one_and_exits(tmp_path, signum, code):
+    """One job done, its worker idle, the other still running: the signal stops the running job,
+    the idle worker leaves without a traceback, and the coordinator exits (an idle worker that took
+    the signal inside the pool's queue once left the coordinator waiting for ever)."""
+    script = f"import sys; from tests.test_parallel import coordinate; sys.exit(coordinate({str(tmp_path)!r}))"
+    command = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "quick").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "quick").read_text() == "done"
+    time.sleep(1)  # the quick job's worker is back waiting on the pool's queue
+    command.send_signal(signum)
+    try:
+        output = command.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(command.pid, signal.SIGKILL)
+        pytest.fail("the coordinator did not exit within 60 s of the signal")
+    assert command.returncode == code, output
+    assert "Traceback" not in output, output
+    assert (tmp_path / "slow").read_text() == "interrupted"
 
 
 def test_one_worker_runs_in_this_process(tmp_path):
@@ -79,3 +130,56 @@ def test_parallel_seeds_train_the_same_runs_as_one_after_another(tmp_path, datas
     assert [r["seed"] for r in parallel["runs"]] == [0, 1]
     assert [r["test_accuracy"] for r in parallel["runs"]] == [r["test_accuracy"] for r in sequential["runs"]]
     assert len({r["run_id"] for r in parallel["runs"] + sequential["runs"]}) == 4  # one MLflow run each
+
+
+@pytest.mark.slow
+def test_sigterm_to_seeds_with_one_worker_idle_ends_every_run(tmp_path, datasets_dir, tracking_uri):
+    """Three seeds on two workers: once the first two finished, the third trains while the other
+    worker waits for a job. SIGTERM then ends the third seed's run KILLED, keeps the finished
+    two FINISHED, leaves no traceback and no process, and exits 143."""
+    import psutil
+    from mlflow import MlflowClient
+
+    experiment = f"idle-worker-seeds-{os.getpid()}"
+    args = [sys.executable, "-m", "cnnlab.cli", "seeds", "--params", str(PROJECT_ROOT / "params.yaml")]
+    for item in [f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
+                 f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}",
+                 "data.download=false", "data.train_subset=500", f"data.val_fraction={SMALL_VAL_FRACTION}",
+                 "train.progress=false", f"tracking.uri={tracking_uri}", "tracking.log_model=false",
+                 f"tracking.experiment={experiment}", "seeds=[0, 1, 2]", "seed_workers=2", "train.threads=2"]:
+        args += ["-S", item]
+    prepare = [a if a != "seeds" else "prepare" for a in args]
+    subprocess.run(prepare, check=True, capture_output=True, cwd=PROJECT_ROOT)
+    # Epochs enough that the third seed, alone, is still training when the signal comes.
+    command = subprocess.Popen([*args, "-S", "train.epochs=60"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def runs():
+        found = client.get_experiment_by_name(experiment)
+        return client.search_runs([found.experiment_id]) if found else []
+
+    deadline = time.time() + 600
+    while time.time() < deadline and command.poll() is None:
+        states = sorted(r.info.status for r in runs())
+        if states == ["FINISHED", "FINISHED", "RUNNING"]:
+            break
+        time.sleep(0.5)
+    assert sorted(r.info.status for r in runs()) == ["FINISHED", "FINISHED", "RUNNING"], command.poll()
+    workers = psutil.Process(command.pid).children(recursive=True)
+    time.sleep(2)  # the third seed is past its first steps
+    command.send_signal(signal.SIGTERM)
+    try:
+        output = command.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(command.pid, signal.SIGKILL)
+        pytest.fail("`cnnlab seeds` did not exit within 120 s of SIGTERM")
+
+    assert command.returncode == 143, output
+    assert "Traceback" not in output, output
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not [" ".join(p.cmdline()) for p in alive]
+    by_seed = {r.data.params["train.seed"]: r for r in runs()}
+    assert {seed: run.info.status for seed, run in by_seed.items()} == {
+        "0": "FINISHED", "1": "FINISHED", "2": "KILLED"}, output
+    assert by_seed["2"].data.tags["cnnlab.failure"] == "interrupted by SIGTERM"

@@ -19,8 +19,8 @@ from .conftest import PROJECT_ROOT  # noqa: E402
 
 TINY_SPACE = [
     "search.space.block_styles=[plain, residual]", "search.space.stages=[2, 2]", "search.space.widths=[8, 16]",
-    "search.space.convs_per_block=[1, 1]", "search.space.head_widths=[0]", "search.space.dropout=[0.0, 0.0]",
-    "search.space.optimizers=[adam]", "search.space.lr=[0.001, 0.003]",
+    "search.space.convs_per_block=[1, 1]", "search.space.blocks_per_stage=[1, 1]", "search.space.head_widths=[0]",
+    "search.space.dropout=[0.0, 0.0]", "search.space.optimizers=[adam]", "search.space.lr=[0.001, 0.003]",
 ]
 
 
@@ -77,6 +77,19 @@ def test_a_candidate_slower_to_train_than_the_entry_s_own_model_is_pruned_before
     assert study_name(fast) != study_name(search_config("model.name=search_cnn", baseline))  # the budget is identity
 
 
+def test_a_raised_cost_cap_lets_a_slower_candidate_train(search_config, mnist_small):
+    """search.cost_cap is the compute budget's setting: the 64-wide candidate that the tiny
+    baseline's 1x cap prunes trains under a cap far above its cost, and the summary says which cap."""
+    from cnnlab.search import write_summary
+
+    config = search_config("model.name=search_cnn", "model.kwargs={widths: [8, 8], convs_per_block: 1}",
+                           "search.space.widths=[64]", "search.n_trials=1", "search.cost_cap=1000")
+    study = run_search(config, mnist_small)
+    (trial,) = trials_of(config)
+    assert trial.state.name == "COMPLETE" and 1 < trial.user_attrs["relative_cost"] <= 1000
+    assert write_summary(study, config.output_dir / "search.json", config)["compute_budget"]["cost_cap"] == 1000
+
+
 def test_shrink_to_fit_trains_a_model_under_the_budget(search_config, mnist_small):
     config = search_config("search.param_budget=20000", "search.budget_mode=shrink", "search.n_trials=1",
                            "search.space.widths=[64]", "search.trial_train_subset=0", "search.trial_epochs=3")
@@ -106,6 +119,24 @@ def test_sgd_draws_its_learning_rate_from_a_range_of_its_own():
         seen.add(training["optimizer"])
         study.tell(trial, 0.5)
     assert seen == {"adam", "adamw", "sgd"}
+
+
+def test_blocks_per_stage_is_drawn_from_its_range_into_the_model():
+    """Depth at a width is the space's own choice: every value of the range is drawn, and the
+    drawn value is what the model gets."""
+    from cnnlab.config import SearchSpaceConfig
+    from cnnlab.search import suggest
+
+    space = SearchSpaceConfig(blocks_per_stage=[1, 3])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        model, _ = suggest(trial, space)
+        assert model["blocks_per_stage"] == trial.params["blocks_per_stage"]
+        seen.add(model["blocks_per_stage"])
+        study.tell(trial, 0.5)
+    assert seen == {1, 2, 3}
 
 
 def test_grown_widths_never_narrow_and_independent_ones_can():
@@ -388,6 +419,7 @@ def test_enqueued_candidates_run_first_and_once(search_config, mnist_small):
     ("{block_stlye: residual}", "unknown parameter 'block_stlye'.*search space names"),
     ("{batch_size: 64}", r"batch_size=64 is outside the search space \(one of \[256\]\)"),
     ("{lr: 0.5}", r"lr=0.5 is outside the search space \(in \[0.001, 0.003\]\)"),
+    ("{blocks_per_stage: 2}", r"blocks_per_stage=2 is outside the search space \(in \[1, 1\]\)"),
     ("{lr: fast}", r"lr='fast' is outside the search space"),
     ("{optimizer: adam, sgd_lr: 0.05}", r"with optimizer 'adam' the learning rate is 'lr', not 'sgd_lr'"),
 ])

@@ -41,8 +41,8 @@ def worker(tmp_path: Path, study: str, storage: str, tracking_uri: str, n_trials
         f"tracking.uri={tracking_uri}", "tracking.experiment=search-workers", f"search.study={study}",
         f"search.storage={storage}", f"search.n_trials={n_trials}", "search.trial_epochs=1",
         "search.trial_train_subset=600", "search.space.stages=[2, 2]", "search.space.widths=[8, 16]",
-        "search.space.convs_per_block=[1, 1]", "search.space.optimizers=[adam]", "train.threads=1",
-        "search.pruner=none", "search.enqueue=[]", *extra,
+        "search.space.convs_per_block=[1, 1]", "search.space.blocks_per_stage=[1, 1]", "search.space.optimizers=[adam]",
+        "train.threads=1", "search.pruner=none", "search.enqueue=[]", *extra,
     ]
     args = [sys.executable, "-m", "cnnlab.cli", "search", "--params", str(PROJECT_ROOT / "params.yaml")]
     for item in overrides:

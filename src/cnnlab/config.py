@@ -227,6 +227,8 @@ class SearchSpaceConfig:
     # after a narrow one leaves the budget's shrink-to-fit a net whose last stages have collapsed.
     width_growths: list[Annotated[float, Ge(1)]] = field(default_factory=list)
     convs_per_block: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [1, 3])
+    # Blocks per stage at the same width: depth for width under the parameter budget.
+    blocks_per_stage: Annotated[list[Annotated[int, Ge(1)]], LowHigh()] = field(default_factory=lambda: [1, 3])
     batch_norm: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
     preactivation: Annotated[list[bool], MinLen(1)] = field(default_factory=lambda: [True, False])
     pooling: Annotated[list[str], MinLen(1)] = field(default_factory=lambda: ["max", "avg"])
@@ -273,6 +275,10 @@ class SearchConfig:
     workers: Annotated[int, Ge(1)] = 1
     param_budget: Annotated[int, Ge(1)] = 150000  # hard: an over-budget model is never trained
     budget_mode: Literal["reject", "shrink"] = "shrink"  # shrink: scale widths down until it fits
+    # The compute budget beside it: a candidate may train at most this many times as slow per image
+    # as the entry's own search_cnn (timed before it trains), so its winner retrains in about the
+    # baseline's time. Timing a few steps is noisy by a few percent: one as fast may fall either side.
+    cost_cap: Annotated[float, Gt(0)] = 1.0
     sampler_seed: Seed = 0
     sampler: Sampler = "tpe"  # `cnnlab search-control` runs the other one
     # TPE draws this many of the study's trials at random before it models the rest (Optuna's

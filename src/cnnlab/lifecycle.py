@@ -63,12 +63,17 @@ _dropped: int | None = None
 
 
 def raise_terminated(signum, frame) -> None:
+    note_terminated(signum, frame)
+    raise interruption(signal.SIGTERM)
+
+
+def note_terminated(signum, frame) -> None:
+    """SIGTERM remembered, not raised: ``raise_if_told_to_stop`` raises it before the next job."""
     global _arrived
     # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
     # handlers that are ending the runs. SIGKILL still stops the process at once.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _arrived = signal.SIGTERM
-    raise interruption(signal.SIGTERM)
 
 
 def raise_interrupt(signum, frame) -> None:

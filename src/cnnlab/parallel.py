@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 from .console import configure_logging
-from .lifecycle import hide_dropped_interruptions, raise_if_told_to_stop, raise_terminated
+from .lifecycle import hide_dropped_interruptions, note_terminated, raise_if_told_to_stop, raise_terminated
 from .runtime import available_cores
 
 
@@ -32,15 +32,33 @@ def _start_worker() -> None:
     # Ctrl-C in a terminal reaches the whole process group: only the coordinator takes it, and
     # stops each worker with one SIGTERM (run_jobs), which ends the worker's runs KILLED.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGTERM, _terminate_worker)
     sys.unraisablehook = hide_dropped_interruptions(sys.unraisablehook)
 
 
+_in_job = False  # in a worker process: whether it is running a job now
+
+
+def _terminate_worker(signum, frame) -> None:
+    # Only a running job is interrupted. An idle worker waits inside the pool's call queue, holding
+    # its read lock: raised there, the signal killed it with a traceback, and could leave the lock
+    # taken, so that the pool's shutdown waited for ever. It notes the signal instead; the
+    # shutdown's sentinel ends it, and it starts no other job (_run_job).
+    if _in_job:
+        raise_terminated(signum, frame)
+    note_terminated(signum, frame)
+
+
 def _run_job(target: Callable[..., Any], *args: Any) -> Any:
-    # The pool hands out one job more than it has workers, and shutdown cannot cancel that one:
-    # a worker already told to stop must not start it (load data, open an MLflow run).
-    raise_if_told_to_stop()
-    return target(*args)
+    global _in_job
+    _in_job = True
+    try:
+        # The pool hands out one job more than it has workers, and shutdown cannot cancel that one:
+        # a worker already told to stop must not start it (load data, open an MLflow run).
+        raise_if_told_to_stop()
+        return target(*args)
+    finally:
+        _in_job = False
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

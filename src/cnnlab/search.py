@@ -83,9 +83,6 @@ class OverBudget(optuna.TrialPruned):
 
 
 SEARCHED_FAMILY = "search_cnn"
-# A candidate may train at most this many times as slow per image as the baseline. Timing a few
-# steps is noisy by a few percent, so a candidate as fast as the baseline may fall either side.
-COST_CAP = 1.0
 COST_ATTR = "relative_cost"  # the trial's seconds per training image over the baseline's
 
 
@@ -96,6 +93,7 @@ def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, An
         "block_style": trial.suggest_categorical("block_style", space.block_styles),
         "widths": suggest_widths(trial, space, stages),
         "convs_per_block": trial.suggest_int("convs_per_block", *space.convs_per_block),
+        "blocks_per_stage": trial.suggest_int("blocks_per_stage", *space.blocks_per_stage),
         "batch_norm": trial.suggest_categorical("batch_norm", space.batch_norm),
         "pooling": trial.suggest_categorical("pooling", space.pooling),
         "head_width": trial.suggest_categorical("head_width", space.head_widths),
@@ -143,6 +141,7 @@ def space_domains(space: SearchSpaceConfig) -> dict[str, tuple[str, list[Any]]]:
     """Each name `suggest` can draw, with ("choice", options) or ("range", [low, high])."""
     domains: dict[str, tuple[str, list[Any]]] = {
         "stages": ("range", space.stages), "convs_per_block": ("range", space.convs_per_block),
+        "blocks_per_stage": ("range", space.blocks_per_stage),
         "dropout": ("range", space.dropout), "lr": ("range", space.lr), "sgd_lr": ("range", space.sgd_lr),
         "block_style": ("choice", space.block_styles), "batch_norm": ("choice", space.batch_norm),
         "pooling": ("choice", space.pooling), "head_width": ("choice", space.head_widths),
@@ -447,8 +446,9 @@ class Objective:
         cost = relative_training_cost(SEARCHED_FAMILY, config.model.kwargs, self.baseline_kwargs,
                                       config.train.batch_size, runtime)
         trial.set_user_attr(COST_ATTR, round(cost, 3))
-        if cost > COST_CAP:
-            reason = f"over budget: trains {cost:.2f}x as slow per image as the baseline (cap {COST_CAP:g}x)"
+        cap = config.search.cost_cap
+        if cost > cap:
+            reason = f"over budget: trains {cost:.2f}x as slow per image as the baseline (cap {cap:g}x)"
             trial.set_user_attr("reason", reason)
             raise OverBudget(reason)
 
@@ -722,7 +722,7 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 def write_summary(study: optuna.Study, path: Path, config: Config) -> dict[str, Any]:
     search = config.search
     baseline = baseline_model(config)
-    compute_budget = {"model": baseline.name, "kwargs": baseline.kwargs, "cost_cap": COST_CAP} if baseline else None
+    compute_budget = {"model": baseline.name, "kwargs": baseline.kwargs, "cost_cap": search.cost_cap} if baseline else None
     summary = {"study": search.study, "storage_study": study.study_name, "param_budget": search.param_budget,
                "compute_budget": compute_budget, "sampler": search.sampler,
                "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,

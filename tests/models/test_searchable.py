@@ -50,6 +50,13 @@ HAND_COUNTS = [
      + 18_432 + 128 + 36_864 + 128 + 2_048 + 128  # stage 2, its 1x1 projection + BN
      + 73_728 + 256 + 147_456 + 256 + 8_192 + 256  # stage 3
      + 1_290),
+    # Two residual blocks per stage (a ResNet-10 at 8-16): the second of each stage keeps the channels,
+    # so it has no projection.
+    ({"widths": [8, 16], "blocks_per_stage": 2}, 216  # stem conv 3->8
+     + 2 * (16 + 576 + 16 + 576)  # stage 1: two blocks of BN, conv 8->8, BN, conv
+     + 16 + 1_152 + 32 + 2_304 + 128  # stage 2, first block: conv 8->16, conv 16->16, 1x1 projection
+     + 32 + 2_304 + 32 + 2_304  # stage 2, second block
+     + 32 + 170),  # final BN, linear 16->10
     # Plain, no BN (convs with biases), one conv per block.
     ({"block_style": "plain", "widths": [8, 16], "convs_per_block": 1, "batch_norm": False},
      224 + 584 + 1_168 + 170),
@@ -105,6 +112,7 @@ def test_inception_branches_sum_to_the_width(width):
     ({"widths": [2, 8]}, "widths"),
     ({"widths": [8] * 7}, "widths"),  # 6 halvings of 32x32
     ({"convs_per_block": 0}, "convs_per_block"),
+    ({"blocks_per_stage": 0}, "blocks_per_stage"),
     ({"head_width": -1}, "head_width"),
     ({"dropout": 1.0}, "dropout"),
     ({"dropout": -0.1}, "dropout"),
@@ -119,6 +127,7 @@ OVER_BUDGET = [
     {"widths": [128, 256, 512], "head_width": 128},
     {"block_style": "inception", "widths": [96, 128, 128, 128], "convs_per_block": 3},
     {"block_style": "plain", "widths": [64, 128, 256, 512], "convs_per_block": 3, "batch_norm": False},
+    {"widths": [32, 64, 128], "blocks_per_stage": 3},  # a ResNet-20
 ]
 
 

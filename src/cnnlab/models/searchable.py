@@ -123,13 +123,13 @@ def make_block(block_style: str, in_channels: int, width: int, convs: int, batch
 
 
 class SearchCNN(nn.Module):
-    """stem conv3x3 -> one block per width, 2x2 pooling between them -> global average pool ->
-    optional hidden linear + ReLU -> dropout -> classes. ``features`` is the input to the
-    dropout and final linear layer."""
+    """stem conv3x3 -> ``blocks_per_stage`` blocks per width, 2x2 pooling between the widths ->
+    global average pool -> optional hidden linear + ReLU -> dropout -> classes. ``features`` is
+    the input to the dropout and final linear layer."""
 
-    def __init__(self, block_style: str, widths: Sequence[int], convs_per_block: int, batch_norm: bool,
-                 preactivation: bool, pooling: str, head_width: int, dropout: float, in_channels: int,
-                 num_classes: int):
+    def __init__(self, block_style: str, widths: Sequence[int], convs_per_block: int, blocks_per_stage: int,
+                 batch_norm: bool, preactivation: bool, pooling: str, head_width: int, dropout: float,
+                 in_channels: int, num_classes: int):
         super().__init__()
         preactivated = block_style == "residual" and preactivation
         # Pre-activation blocks start with their own BN-ReLU, so the stem is a bare conv and the
@@ -141,8 +141,9 @@ class SearchCNN(nn.Module):
         for stage, width in enumerate(widths):
             if stage > 0:
                 layers.append(nn.MaxPool2d(2) if pooling == "max" else nn.AvgPool2d(2))
-            layers.append(make_block(block_style, previous, width, convs_per_block, batch_norm, preactivation))
-            previous = width
+            for _ in range(blocks_per_stage):  # the first block changes the channels, the others keep them
+                layers.append(make_block(block_style, previous, width, convs_per_block, batch_norm, preactivation))
+                previous = width
         if preactivated:
             layers.append(norm_relu(previous, batch_norm))
         self.stages = nn.Sequential(*layers)
@@ -156,8 +157,8 @@ class SearchCNN(nn.Module):
         return self.classifier(self.dropout(features)), features
 
 
-def validate_arguments(block_style: str, widths: Sequence[int], convs_per_block: int, pooling: str,
-                       head_width: int, dropout: float, image_size: int) -> None:
+def validate_arguments(block_style: str, widths: Sequence[int], convs_per_block: int, blocks_per_stage: int,
+                       pooling: str, head_width: int, dropout: float, image_size: int) -> None:
     if block_style not in BLOCK_STYLES:
         raise ValueError(f"block_style must be one of {', '.join(BLOCK_STYLES)}; got {block_style!r}")
     if pooling not in POOLINGS:
@@ -171,6 +172,8 @@ def validate_arguments(block_style: str, widths: Sequence[int], convs_per_block:
                          f"{len(widths) - 1} times, below 1x1; use fewer stages")
     if convs_per_block < 1:
         raise ValueError(f"convs_per_block must be at least 1; got {convs_per_block}")
+    if blocks_per_stage < 1:
+        raise ValueError(f"blocks_per_stage must be at least 1; got {blocks_per_stage}")
     if head_width < 0:
         raise ValueError(f"head_width must be 0 (no hidden layer) or positive; got {head_width}")
     if not 0.0 <= dropout < 1.0:
@@ -179,18 +182,21 @@ def validate_arguments(block_style: str, widths: Sequence[int], convs_per_block:
 
 @register_model("search_cnn", input_shape=(3, 32, 32))
 def search_cnn(block_style: str = "residual", widths: Sequence[int] = DEFAULT_WIDTHS, convs_per_block: int = 2,
-               batch_norm: bool = True, preactivation: bool = True, pooling: str = "max", head_width: int = 0,
-               dropout: float = 0.0, in_channels: int = 3, num_classes: int = 10,
+               blocks_per_stage: int = 1, batch_norm: bool = True, preactivation: bool = True, pooling: str = "max",
+               head_width: int = 0, dropout: float = 0.0, in_channels: int = 3, num_classes: int = 10,
                image_size: int = 32) -> nn.Module:
     """E5 search family: plain/residual/inception stages of 3x3 convs, GAP head (308,266 params).
 
     ``preactivation`` applies to residual blocks only; plain and inception blocks are always
     conv-BN-ReLU. ``batch_norm=False`` drops every BatchNorm and gives the convs biases.
     ``image_size`` only bounds the number of stages: global average pooling takes any size.
+    ``blocks_per_stage`` deepens every stage at the same widths (2 residual blocks of 2 convs
+    per stage is a ResNet-14): at a fixed parameter budget, depth for width.
     """
-    validate_arguments(block_style, widths, convs_per_block, pooling, head_width, dropout, image_size)
-    return SearchCNN(block_style, list(widths), convs_per_block, batch_norm, preactivation, pooling, head_width,
-                     dropout, in_channels, num_classes)
+    validate_arguments(block_style, widths, convs_per_block, blocks_per_stage, pooling, head_width, dropout,
+                       image_size)
+    return SearchCNN(block_style, list(widths), convs_per_block, blocks_per_stage, batch_norm, preactivation, pooling,
+                     head_width, dropout, in_channels, num_classes)
 
 
 def count_for(kwargs: dict[str, Any]) -> int:
