@@ -247,3 +247,29 @@ def test_owner_died_on_this_host_by_pid_elsewhere_by_heartbeat():
     assert owner_died({PID_TAG: "1", HOST_TAG: "elsewhere", HEARTBEAT_TAG: "1000"}, now=1000 + 7 * 3600)
     assert not owner_died({PID_TAG: "1", HOST_TAG: "elsewhere", HEARTBEAT_TAG: "1000"}, now=1000 + 60)
     assert not owner_died({})  # a run not started by cnnlab is never judged
+
+
+def test_a_library_error_raised_while_an_interruption_unwound_loses_its_traceback_not_its_line():
+    """SQLAlchemy's pool logs "Error closing cursor" with a traceback when SIGTERM cut a query short
+    (seen in this file's SIGTERM test); a real error keeps its traceback."""
+    import logging
+
+    from cnnlab.console import NoTracebackForInterruptions, configure_logging
+
+    def record_of(err: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("sqlalchemy.pool.impl.QueuePool", logging.ERROR, __file__, 1, "Error closing cursor",
+                                 None, (type(err), err, err.__traceback__))
+
+    try:
+        try:
+            raise Terminated("terminated by SIGTERM")
+        except Terminated:
+            raise RuntimeError("Cannot operate on a closed database.")  # noqa: B904 - as sqlite3 does
+    except RuntimeError as err:
+        during_interruption = record_of(err)
+    bug = record_of(ValueError("a bug"))
+    keep = NoTracebackForInterruptions()
+    assert keep.filter(during_interruption) and during_interruption.exc_info is None
+    assert keep.filter(bug) and bug.exc_info is not None
+    configure_logging()
+    assert all(any(isinstance(f, NoTracebackForInterruptions) for f in h.filters) for h in logging.getLogger().handlers)

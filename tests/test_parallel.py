@@ -49,11 +49,42 @@ def coordinate(folder: str) -> int:
     return 0
 
 
+def coordinate_and_lose_a_worker(folder: str) -> int:
+    """Two slow jobs; once both run, the coordinator kills one worker outright (as the OOM killer
+    would) and then takes a SIGTERM, as `coordinate` does."""
+    import psutil
+
+    from cnnlab.lifecycle import exit_code, signals_as_interrupts
+
+    def kill_one_then_stop() -> None:
+        while len(list(Path(folder).glob("started*"))) < 2:
+            time.sleep(0.1)
+        workers = [p for p in psutil.Process().children() if "resource_tracker" not in " ".join(p.cmdline())]
+        os.kill(workers[0].pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    import threading
+    threading.Thread(target=kill_one_then_stop, daemon=True).start()
+    try:
+        with signals_as_interrupts():
+            run_jobs(mark_then_sleep, [(f"{folder}/a", 120.0), (f"{folder}/b", 120.0)], workers=2)
+    except KeyboardInterrupt as err:
+        return exit_code(err)
+    except RuntimeError:  # the killed worker's job failed, the pool broke
+        return 1
+    return 0
+
+
+def mark_then_sleep(path: str, seconds: float) -> None:
+    Path(path).with_name("started" + Path(path).name).touch()
+    sleep_then_note(path, seconds)
+
+
 def test_jobs_run_in_other_processes_and_keep_their_order(tmp_path):
     files = [str(tmp_path / f"job{i}") for i in range(3)]
     pids = run_jobs(write_pid, [(f, False) for f in files], workers=2)
     assert os.getpid() not in pids
-    assert len(set(pids)) == 2  # two workers shared three jobs
+    assert len(set(pids)) == 3  # a process per job (two at a time): none waits on the pool after its job
     assert pids == [int(Path(f).read_text()) for f in files]  # results in job order
 
 
@@ -89,6 +120,22 @@ def test_stopping_the_coordinator_with_an_idle_worker_stops_the_busy_one_and_exi
     assert command.returncode == code, output
     assert "Traceback" not in output, output
     assert (tmp_path / "slow").read_text() == "interrupted"
+
+
+def test_a_pool_that_lost_a_worker_still_stops_the_other(tmp_path):
+    """A worker killed outright breaks the pool, which then stops the rest with SIGTERM and waits
+    for them: the surviving job still ends interrupted, and the coordinator exits."""
+    script = ("import sys; from tests.test_parallel import coordinate_and_lose_a_worker as c; "
+              f"sys.exit(c({str(tmp_path)!r}))")
+    command = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output = command.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(command.pid, signal.SIGKILL)
+        pytest.fail("the coordinator did not exit within 180 s")
+    assert command.returncode in (1, 143), output
+    assert sorted(p.read_text() for p in tmp_path.glob("[ab]")) == ["interrupted"], output
 
 
 def test_one_worker_runs_in_this_process(tmp_path):
@@ -144,14 +191,14 @@ def test_sigterm_to_seeds_with_one_worker_idle_ends_every_run(tmp_path, datasets
     args = [sys.executable, "-m", "cnnlab.cli", "seeds", "--params", str(PROJECT_ROOT / "params.yaml")]
     for item in [f"models_dir={tmp_path / 'models'}", f"outputs_dir={tmp_path / 'outputs'}",
                  f"data.prepared_dir={tmp_path / 'prepared'}", f"data.datasets_dir={datasets_dir}",
-                 "data.download=false", "data.train_subset=500", f"data.val_fraction={SMALL_VAL_FRACTION}",
+                 "data.download=false", "data.train_subset=300", f"data.val_fraction={SMALL_VAL_FRACTION}",
                  "train.progress=false", f"tracking.uri={tracking_uri}", "tracking.log_model=false",
                  f"tracking.experiment={experiment}", "seeds=[0, 1, 2]", "seed_workers=2", "train.threads=2"]:
         args += ["-S", item]
     prepare = [a if a != "seeds" else "prepare" for a in args]
     subprocess.run(prepare, check=True, capture_output=True, cwd=PROJECT_ROOT)
     # Epochs enough that the third seed, alone, is still training when the signal comes.
-    command = subprocess.Popen([*args, "-S", "train.epochs=60"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+    command = subprocess.Popen([*args, "-S", "train.epochs=40"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     client = MlflowClient(tracking_uri=tracking_uri)
 
@@ -167,7 +214,7 @@ def test_sigterm_to_seeds_with_one_worker_idle_ends_every_run(tmp_path, datasets
         time.sleep(0.5)
     assert sorted(r.info.status for r in runs()) == ["FINISHED", "FINISHED", "RUNNING"], command.poll()
     workers = psutil.Process(command.pid).children(recursive=True)
-    time.sleep(2)  # the third seed is past its first steps
+    time.sleep(0.5)  # the third seed is past its first steps
     command.send_signal(signal.SIGTERM)
     try:
         output = command.communicate(timeout=120)[0]

@@ -12,8 +12,9 @@ optuna = pytest.importorskip("optuna")
 
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.data.prepare import save_prepared  # noqa: E402
-from cnnlab.search import (PARENT_RUN_ATTR, end_unended_trial, interruption_behind, open_study,  # noqa: E402
-                           run_search, search_with_workers, studies_named, study_name)
+from cnnlab.lifecycle import interruption_behind  # noqa: E402
+from cnnlab.search import (PARENT_RUN_ATTR, end_unended_trial, open_study, run_search,  # noqa: E402
+                           search_with_workers, studies_named, study_name)
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .lifecycle import interruption_behind
+
 VERBOSE_ENV = "CNNLAB_VERBOSE"
 CHATTY_LIBRARIES = ("openTSNE", "onnxscript", "onnx_ir", "torch.onnx", "torch.export", "alembic", "mlflow")
 
@@ -30,7 +32,21 @@ def configure_logging(verbose_flag: bool = False, process_name: bool = False) ->
     logging.basicConfig(level=logging.INFO if verbose() else logging.WARNING,
                         format=f"%(levelname)s %(name)s{where}: %(message)s")
     logging.getLogger("cnnlab").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, NoTracebackForInterruptions) for f in handler.filters):
+            handler.addFilter(NoTracebackForInterruptions())
     quiet_libraries()
+
+
+class NoTracebackForInterruptions(logging.Filter):
+    """Libraries log what Ctrl-C or SIGTERM stopped with its traceback (Optuna a trial it stopped,
+    SQLAlchemy's pool a cursor it could not close once a query was cut short); an interruption is
+    no bug, so the record keeps its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and interruption_behind(record.exc_info[1]):
+            record.exc_info = None
+        return True
 
 
 def quiet_libraries() -> None:

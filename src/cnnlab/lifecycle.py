@@ -63,6 +63,9 @@ _dropped: int | None = None
 
 
 def raise_terminated(signum, frame) -> None:
+    # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
+    # handlers that are ending the runs. SIGKILL still stops the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     note_terminated(signum, frame)
     raise interruption(signal.SIGTERM)
 
@@ -70,9 +73,6 @@ def raise_terminated(signum, frame) -> None:
 def note_terminated(signum, frame) -> None:
     """SIGTERM remembered, not raised: ``raise_if_told_to_stop`` raises it before the next job."""
     global _arrived
-    # One SIGTERM is enough: a second (a supervisor repeating itself) must not cut short the
-    # handlers that are ending the runs. SIGKILL still stops the process at once.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _arrived = signal.SIGTERM
 
 
@@ -85,6 +85,16 @@ def raise_interrupt(signum, frame) -> None:
 
 def interruption(signum: int) -> KeyboardInterrupt:
     return Terminated("terminated by SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def interruption_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``err`` is, or was raised while handling, if any."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def hide_dropped_interruptions(hook):
@@ -108,9 +118,13 @@ def raise_if_interrupted() -> None:
         raise interruption(signum)
 
 
+def told_to_stop() -> bool:
+    return _arrived is not None
+
+
 def raise_if_told_to_stop() -> None:
     """In a worker process: once its SIGTERM came, it starts nothing more."""
-    if _arrived is not None:
+    if told_to_stop():
         raise interruption(_arrived)
 
 

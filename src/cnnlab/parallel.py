@@ -18,7 +18,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 from .console import configure_logging
-from .lifecycle import hide_dropped_interruptions, note_terminated, raise_if_told_to_stop, raise_terminated
+from .lifecycle import (hide_dropped_interruptions, note_terminated, raise_if_told_to_stop, raise_terminated,
+                        told_to_stop)
 from .runtime import available_cores
 
 
@@ -40,12 +41,16 @@ _in_job = False  # in a worker process: whether it is running a job now
 
 
 def _terminate_worker(signum, frame) -> None:
-    # Only a running job is interrupted. An idle worker waits inside the pool's call queue, holding
-    # its read lock: raised there, the signal killed it with a traceback, and could leave the lock
-    # taken, so that the pool's shutdown waited for ever. It notes the signal instead; the
-    # shutdown's sentinel ends it, and it starts no other job (_run_job).
+    # Only a running job is interrupted (and ignores later SIGTERMs while it ends its runs). An
+    # idle worker waits inside the pool's call queue, holding its read lock: raised there, the
+    # signal killed it with a traceback, and could leave the lock taken, so that the pool's
+    # shutdown waited for ever. It notes the first one instead; the shutdown's sentinel ends it,
+    # and it starts no other job (_run_job). A second one while idle comes from a pool that lost
+    # a worker and now stops the rest (terminate, then join): nothing is left to end, so it exits.
     if _in_job:
         raise_terminated(signum, frame)
+    if told_to_stop():
+        os._exit(128 + signum)
     note_terminated(signum, frame)
 
 
@@ -59,6 +64,7 @@ def _run_job(target: Callable[..., Any], *args: Any) -> Any:
         return target(*args)
     finally:
         _in_job = False
+        signal.signal(signal.SIGTERM, _terminate_worker)  # an interrupted job ignored the later ones
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
@@ -86,8 +92,11 @@ def run_jobs(target: Callable[..., Any], jobs: Sequence[tuple], workers: int,
     failures: list[str] = []
     # spawn, not fork: a forked child would inherit torch's thread pools and open database handles.
     context = multiprocessing.get_context("spawn")
+    # One job per process: a worker leaves once its job ends, so none is left waiting on the pool's
+    # queue after an interrupted job, deaf to the SIGTERM with which a pool that lost a worker
+    # stops the rest (its join would wait for ever). Each job loads its own data anyway.
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
-                             initializer=_start_worker) as pool:
+                             initializer=_start_worker, max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_job, target, *job): index for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):

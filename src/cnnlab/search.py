@@ -37,7 +37,7 @@ from .data import PreparedData
 from .data.sampling import stratified_sample
 from .files import sqlite_damage
 from .hashing import content_sha256
-from .lifecycle import FAILURE_TAG, owner_tags
+from .lifecycle import FAILURE_TAG, interruption_behind, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .runtime import project_root, resolve_runtime
 from .builder import build_model, resolve_model_kwargs
@@ -60,19 +60,6 @@ SCHEMA_ATTEMPTS = 5  # opening a fresh RDB storage while another worker creates 
 # process holds longer than SQLite waits, 5 s) the trial would stay RUNNING until a later
 # invocation found its heartbeat stale. So it is written again, this many times, a second apart.
 END_TRIAL_ATTEMPTS = 6
-
-
-class NoTracebackForInterruptions(logging.Filter):
-    """Optuna logs a trial that Ctrl-C or SIGTERM stopped with its traceback; an interruption is
-    no bug, so the warning keeps its one line ("Trial 3 failed because of ... Terminated(...)")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
-            record.exc_info = None
-        return True
-
-
-logging.getLogger("optuna.study._optimize").addFilter(NoTracebackForInterruptions())
 
 
 WIDTH_STEP = 4  # grown widths are rounded to a multiple of this (channel counts kernels handle well)
@@ -602,16 +589,6 @@ def end_unended_trial(study: optuna.Study, number: int | None) -> None:
                             "storage (heartbeats) the next `cnnlab search` on the study fails and retries it",
                             study.study_name, number, err)
             time.sleep(1)
-
-
-def interruption_behind(err: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM that ``err`` was raised while handling, if any."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _search_worker(config: Config, prepared: Path, worker: int) -> None:

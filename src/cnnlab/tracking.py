@@ -50,6 +50,10 @@ LEGACY_STORE = Path(".mlflow") / "mlflow.db"  # the default store before it move
 MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
 MAX_TAG_LENGTH = 8000
 MAX_DIGEST_LENGTH = 36  # MLflow's datasets table holds a digest of at most 36 characters
+# Runs of one experiment that log the same new dataset at once (seeds in parallel) race to insert
+# it, and the loser's insert breaks the unique (experiment, name, digest) key; the whole call rolls
+# back, and its next try finds the row.
+LOG_INPUTS_ATTEMPTS = 3
 # An unreachable server fails in seconds, not after MLflow's minutes of retries; 15, not 5: a
 # server worker's first request (it creates its engines then) took longer on a busy machine.
 STORE_PROBE_TIMEOUT_S = 15
@@ -374,7 +378,16 @@ class RunTracker:
             dataset = Dataset(f"{data.name}/{context}", digest[:MAX_DIGEST_LENGTH], source_type, source,
                               profile=json.dumps(profile))
             inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(LOG_INPUTS_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == LOG_INPUTS_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def set_description(self, markdown: str) -> None:
         """The run page's Description (``mlflow.note.content``)."""
