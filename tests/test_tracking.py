@@ -170,9 +170,9 @@ class FlakyStore:
 @pytest.mark.parametrize("failures, status", [(1, "KILLED"), (5, "RUNNING")])
 def test_an_interrupted_run_is_ended_despite_a_store_hiccup_and_the_interruption_stays(
         tiny_config, tracking_uri, monkeypatch, caplog, failures, status):
-    import cnnlab.tracking as tracking
+    import cnnlab.retry
 
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(cnnlab.retry.time, "sleep", lambda seconds: None)
     tracker = RunTracker(tiny_config, run_name="interrupted")
     tracker.client = FlakyStore(tracker.client, failures)
     with pytest.raises(KeyboardInterrupt):  # never the store's error: the command exits 130, no traceback

@@ -39,6 +39,7 @@ from .files import sqlite_damage
 from .hashing import content_sha256
 from .lifecycle import FAILURE_TAG, interruption_behind, owner_tags
 from .models.searchable import count_for, fit_to_budget
+from .retry import retried
 from .runtime import project_root, resolve_runtime
 from .builder import build_model, resolve_model_kwargs
 from .train import TrainingDiverged, fit
@@ -232,19 +233,18 @@ def rdb_storage(url: str, search: SearchConfig):
     key, and once the winner's schema is committed a second try finds it there."""
     import sqlalchemy
 
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            with heartbeat_api():
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=search.max_retry),
-                )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise
-            log.info("another worker is creating the Optuna schema in %s; trying again", url)
-            time.sleep(1 + attempt)
+    def open_storage():
+        with heartbeat_api():
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=search.max_retry),
+            )
+
+    return retried(open_storage, attempts=SCHEMA_ATTEMPTS, pause_s=lambda attempt: attempt,
+                   retry_on=(sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError),
+                   on_retry=lambda err: log.info("another worker is creating the Optuna schema in %s; "
+                                                 "trying again", url))
 
 
 def make_pruner(search: SearchConfig) -> optuna.pruners.BasePruner:
@@ -579,16 +579,13 @@ def end_unended_trial(study: optuna.Study, number: int | None) -> None:
     """Fail trial ``number`` of this process if Optuna could not record its end (a no-op when it did)."""
     if number is None:
         return
-    for attempt in range(END_TRIAL_ATTEMPTS):
-        try:
-            study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            return
-        except Exception as err:  # noqa: BLE001 - the storage is busy or gone: try again, then say so
-            if attempt == END_TRIAL_ATTEMPTS - 1:
-                log.warning("study %s: trial %d stays RUNNING, its end could not be written (%s); in an RDB "
-                            "storage (heartbeats) the next `cnnlab search` on the study fails and retries it",
-                            study.study_name, number, err)
-            time.sleep(1)
+    try:
+        retried(lambda: study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True),
+                attempts=END_TRIAL_ATTEMPTS, pause_s=lambda attempt: 1)
+    except Exception as err:  # noqa: BLE001 - the storage is busy or gone: say so, the trial's owner is gone
+        log.warning("study %s: trial %d stays RUNNING, its end could not be written (%s); in an RDB "
+                    "storage (heartbeats) the next `cnnlab search` on the study fails and retries it",
+                    study.study_name, number, err)
 
 
 def _search_worker(config: Config, prepared: Path, worker: int) -> None:

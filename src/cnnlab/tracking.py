@@ -40,6 +40,7 @@ from .config import Config, flatten
 from .console import quiet_libraries, verbose
 from .files import sqlite_damage
 from .lifecycle import FAILURE_TAG, describe_exit, heartbeat_tag, owner_died, owner_tags
+from .retry import retried
 from .runtime import project_root
 
 log = logging.getLogger(__name__)
@@ -335,18 +336,17 @@ class RunTracker:
         END_ATTEMPTS times; if the store still fails, a warning names the run (the next command
         marks it FAILED, its owner being gone) and the error that ended the block stays the one
         the command reports, never a traceback of this cleanup."""
-        for attempt in range(1, END_ATTEMPTS + 1):
-            try:
-                self.set_tags({FAILURE_TAG: describe_exit(err)})
-                self.set_terminated("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-                return
-            except Exception as store_error:  # noqa: BLE001 - any store failure; the original error goes on
-                if attempt == END_ATTEMPTS:
-                    log.warning("could not end MLflow run %s (%s); the next cnnlab command marks it FAILED",
-                                self.run_id, str(store_error).splitlines()[0][:300])
-                    return
-                log.info("ending MLflow run %s failed (%s); trying again", self.run_id, store_error)
-                time.sleep(attempt)
+        def end() -> None:
+            self.set_tags({FAILURE_TAG: describe_exit(err)})
+            self.set_terminated("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+
+        try:
+            retried(end, attempts=END_ATTEMPTS, pause_s=lambda attempt: attempt,
+                    on_retry=lambda store_error: log.info("ending MLflow run %s failed (%s); trying again",
+                                                          self.run_id, store_error))
+        except Exception as store_error:  # noqa: BLE001 - any store failure; the original error goes on
+            log.warning("could not end MLflow run %s (%s); the next cnnlab command marks it FAILED",
+                        self.run_id, str(store_error).splitlines()[0][:300])
 
     def _system_metrics(self):
         """A started monitor logging ``system/*`` metrics every SYSTEM_METRICS_INTERVAL_S, or None
@@ -380,14 +380,8 @@ class RunTracker:
             inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
         from mlflow.exceptions import MlflowException
 
-        for attempt in range(LOG_INPUTS_ATTEMPTS):
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-                return
-            except MlflowException:
-                if attempt == LOG_INPUTS_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        retried(lambda: self.client.log_inputs(self.run_id, datasets=inputs), attempts=LOG_INPUTS_ATTEMPTS,
+                pause_s=lambda attempt: 0.2 * attempt, retry_on=(MlflowException,))
 
     def set_description(self, markdown: str) -> None:
         """The run page's Description (``mlflow.note.content``)."""
