@@ -288,6 +288,32 @@ def test_a_trial_whose_end_the_busy_storage_refused_is_failed_once_the_storage_i
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interruption_while_optuna_creates_a_trial_leaves_no_trial_running(search_config, mnist_small,
+                                                                             monkeypatch, signum):
+    """The signal lands right after the storage created the trial, before Optuna handed it to the
+    objective: before, nothing knew the trial's number and it stayed RUNNING for good."""
+    import os
+    import signal
+
+    from cnnlab.lifecycle import signals_as_interrupts
+
+    create = optuna.storages.RDBStorage._create_new_trial  # what the cached storage in front of it calls
+
+    def create_then_signal(storage, *args, **kwargs):
+        trial = create(storage, *args, **kwargs)
+        os.kill(os.getpid(), getattr(signal, signum))
+        return trial
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_create_new_trial", create_then_signal)
+    config = search_config("search.n_trials=1")
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        with signals_as_interrupts():
+            run_search(config, mnist_small)
+    assert type(interrupted.value).__name__ == ("Terminated" if signum == "SIGTERM" else "KeyboardInterrupt")
+    assert [t.state.name for t in trials_of(config)] == ["FAIL"]
+
+
 def test_an_error_raised_on_the_way_out_of_an_interruption_still_ends_the_command_as_interrupted():
     from cnnlab.lifecycle import Terminated
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -559,6 +561,7 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
                  finished_trials(study), epochs_spent(study))
         return study
     objective = Objective(config, data, parent_run_id)
+    study.ask = asking_for(objective, study.ask)
     try:
         study.optimize(
             objective, n_trials=search.n_trials - finished_trials(study),
@@ -572,7 +575,45 @@ def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.St
         # Optuna's own failed write of the trial's end raises over the interruption that
         # caused it; the command still ends as interrupted (exit 130/143, one line, no traceback)
         raise interruption_behind(err) or err
+    finally:
+        del study.ask  # the instance's wrapper: the class's own ask again
     return study
+
+
+def asking_for(objective: Objective, ask):
+    """``ask`` that notes the new trial's number on ``objective`` before an interruption can
+    land. Optuna's optimize asks for a trial (a store write) and only then calls the objective
+    and starts the trial's heartbeat: a SIGTERM or Ctrl-C in between left a trial RUNNING that
+    no one would end (this process never learned its number, and no heartbeat goes stale)."""
+    def ask_and_note(*args, **kwargs) -> optuna.Trial:
+        with interruptions_deferred():
+            trial = ask(*args, **kwargs)
+            objective.trial_number = trial.number
+        return trial
+    return ask_and_note
+
+
+@contextmanager
+def interruptions_deferred():
+    """Within the block a SIGTERM or SIGINT is only noted; as the block ends the first one noted
+    is raised again, to the handler that was there before (signals_as_interrupts' in a command).
+    Python handlers, not a signal mask: a masked signal still reaches any other thread that
+    does not mask it (MLflow's and Optuna's), and Python then runs the handler at once."""
+    if threading.current_thread() is not threading.main_thread():  # handlers are the main thread's
+        yield
+        return
+    noted: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    for signum, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(signum, lambda number, frame: noted.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if noted:
+            signal.raise_signal(noted[0])
 
 
 def end_unended_trial(study: optuna.Study, number: int | None) -> None:
