@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,22 @@ def s3_client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, region_name=S3_ENV["AWS_DEFAULT_REGION"],
                         aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+def terminal_signal_defaults() -> None:
+    """``preexec_fn`` for a command under test: SIGINT and SIGTERM at their defaults, as in a
+    terminal, whatever this test runner has (a runner in the background of a non-interactive shell
+    has SIGINT ignored, which a child inherits, and signals_as_interrupts leaves ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.fixture
+def terminal_signals():
+    """SIGINT and SIGTERM handled in this process as in a terminal, whatever this test runner
+    has (see terminal_signal_defaults), and put back afterwards."""
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

@@ -22,7 +22,7 @@ from cnnlab.lifecycle import (HEARTBEAT_TAG, HOST_TAG, PID_TAG, Terminated, exit
 from cnnlab.stages.train import TrainingInterrupted
 from cnnlab.tracking import RunTracker
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, terminal_signal_defaults
 
 RUN = "e1_mnist_simple_cnn"
 
@@ -55,14 +55,10 @@ def experiment_of(args) -> str:
 def start_training(args, epochs: int) -> subprocess.Popen:
     """`cnnlab train` in a process of its own, returned once its first epoch is saved and printed.
     SIGINT and SIGTERM start at their defaults, as in a terminal, whatever this test runner set."""
-    def default_signals():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")}
     process = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *args, "-S", f"train.epochs={epochs}"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=default_signals)
+                               preexec_fn=terminal_signal_defaults)
     for line in process.stdout:
         if line.startswith("epoch   1"):
             return process
@@ -166,18 +162,6 @@ def test_sigterm_becomes_an_interruption_only_inside_the_block():
     with pytest.raises(Terminated), signals_as_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
-
-
-@pytest.fixture
-def terminal_signals():
-    """SIGINT and SIGTERM handled in this process as in a terminal, whatever this test runner
-    inherited: a runner started in the background by a non-interactive shell has SIGINT ignored,
-    and signals_as_interrupts leaves an ignored signal ignored."""
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
-    yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)])

@@ -15,7 +15,7 @@ from cnnlab.config import ConfigError, load_config
 from cnnlab.parallel import run_jobs, threads_per_worker
 from cnnlab.runtime import available_cores
 
-from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION
+from .conftest import PROJECT_ROOT, SMALL_VAL_FRACTION, terminal_signal_defaults
 
 
 def write_pid(path: str, fail: bool) -> int:
@@ -105,7 +105,8 @@ def test_stopping_the_coordinator_with_an_idle_worker_stops_the_busy_one_and_exi
     the signal inside the pool's queue once left the coordinator waiting for ever)."""
     script = f"import sys; from tests.test_parallel import coordinate; sys.exit(coordinate({str(tmp_path)!r}))"
     command = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=terminal_signal_defaults)
     deadline = time.time() + 120
     while not (tmp_path / "quick").exists() and time.time() < deadline:
         time.sleep(0.1)

@@ -290,7 +290,7 @@ def test_a_trial_whose_end_the_busy_storage_refused_is_failed_once_the_storage_i
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_an_interruption_while_optuna_creates_a_trial_leaves_no_trial_running(search_config, mnist_small,
-                                                                             monkeypatch, signum):
+                                                                             monkeypatch, terminal_signals, signum):
     """The signal lands right after the storage created the trial, before Optuna handed it to the
     objective: before, nothing knew the trial's number and it stayed RUNNING for good."""
     import os
