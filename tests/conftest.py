@@ -108,6 +108,26 @@ def mlflow_uris_stay_in_their_test():
             os.environ[name] = value
 
 
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_stay_in_their_test(request):
+    """A test that leaves SIGINT or SIGTERM handled differently (ignored, say) changes every later
+    test in its process, and every command those start (an ignored signal is inherited): in CI
+    a coordinator that inherited an ignored SIGINT never stopped. The handlers are put back, and
+    a warning names the test that changed them."""
+    before = {signum: signal.getsignal(signum) for signum in INTERRUPTING_SIGNALS}
+    yield
+    changed = [signal.Signals(signum).name for signum, handler in before.items() if signal.getsignal(signum) != handler]
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    if changed:
+        import warnings
+
+        warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} handled differently (put back)", stacklevel=1)
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One SQLite MLflow store for the session (creating one runs migrations: seconds)."""
