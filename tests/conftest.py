@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -120,12 +121,14 @@ def signal_handlers_stay_in_their_test(request):
     before = {signum: signal.getsignal(signum) for signum in INTERRUPTING_SIGNALS}
     yield
     changed = [signal.Signals(signum).name for signum, handler in before.items() if signal.getsignal(signum) != handler]
-    for signum, handler in before.items():
-        signal.signal(signum, handler)
+    put_back(before)
     if changed:
-        import warnings
-
         warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} handled differently (put back)", stacklevel=1)
+
+
+def put_back(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
@@ -253,5 +256,4 @@ def terminal_signals():
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
                 signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
     yield
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    put_back(previous)
