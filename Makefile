@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-search-cost faults lint clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-search-cost faults lint clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,15 @@ bench-seeds: install
 ## writes bench/e5_epochs.json: how far longer training gets it, and what 3 seeds of it cost. Idle machine.
 bench-e5-epochs: install
 	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs 50 70 --out bench/e5_epochs.json
+
+## bench-e5-recipes: E5's hand-designed net with SGD instead of its Adam recipe, and a deeper, narrower
+## residual net (two blocks per stage, also under the budget) with SGD, 60 epochs each, at once (about an
+## hour); writes bench/e5_recipes.json: which recipe and shape reach E5's accuracy target in time. Idle machine.
+E5_SGD = train.epochs=60 train.optimizer=sgd train.lr=0.2
+bench-e5-recipes: install
+	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs --variant sgd60 $(E5_SGD) \
+	    --variant deep_sgd60 $(E5_SGD) "model.kwargs.widths=[16,32,56]" model.kwargs.blocks_per_stage=2 \
+	    --out bench/e5_recipes.json
 
 ## bench-search-cost: each complete trial of E5's committed study timed against the entry's own net,
 ## as the search's compute budget does (a few minutes); writes bench/search_cost.json.

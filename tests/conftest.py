@@ -115,15 +115,26 @@ INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @pytest.fixture(autouse=True)
 def signal_handlers_stay_in_their_test(request):
     """A test that leaves SIGINT or SIGTERM handled differently (ignored, say) changes every later
-    test in its process, and every command those start (an ignored signal is inherited): in CI
-    a coordinator that inherited an ignored SIGINT never stopped. The handlers are put back, and
-    a warning names the test that changed them."""
+    test in its process, and every command those start (an ignored signal is inherited). The
+    handlers are put back, and a warning names the test that changed them. (The SIGINT failures
+    of earlier CI runs were not such a test: the runner itself had SIGINT ignored, see
+    pytest_report_header.)"""
     before = {signum: signal.getsignal(signum) for signum in INTERRUPTING_SIGNALS}
     yield
     changed = [signal.Signals(signum).name for signum, handler in before.items() if signal.getsignal(signum) != handler]
     put_back(before)
     if changed:
         warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} handled differently (put back)", stacklevel=1)
+
+
+def pytest_report_header(config) -> str | None:
+    # A shell without job control starts a background command (`make test &`, nohup ... &) with
+    # SIGINT ignored, and Python then keeps it ignored: Ctrl-C reaches no test, and every command a
+    # test starts inherits it. Tests that send SIGINT set their own handlers (terminal_signals,
+    # terminal_signal_defaults); this line tells a reader why a run differs from a terminal's.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        return "SIGINT is ignored by this test runner (started in the background of a shell without job control)"
+    return None
 
 
 def put_back(handlers: dict) -> None:

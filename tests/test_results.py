@@ -98,6 +98,17 @@ def test_make_bench_runs_on_the_embedded_digits_and_writes_its_json(tmp_path):
     assert result["median_of_paired_ratios"] == pytest.approx(sum(ratios) / 2)
 
 
+def test_the_e5_recipes_bench_refuses_a_bad_setting_before_it_trains(tmp_path):
+    out = tmp_path / "recipes.json"
+    env = {**os.environ, "CNNLAB_DATASETS": str(tmp_path)}  # never read: nothing trains
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "e5_epochs.py"), "--epochs", "--variant", "fast",
+                           "train.optimizer=sgd", "--variant", "odd", "train.optimizer=lbfgs", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "bad run setting" in proc.stderr and "train.optimizer" in proc.stderr and "lbfgs" in proc.stderr
+    assert not out.exists()
+
+
 def comparison_file(root, tpe_test: float, hand_test: float, hours: float):
     """A search_comparison.json shaped as `cnnlab search-compare` writes it, and the timings of the
     searches (the TPE study's on one CPU, the random one's on another)."""

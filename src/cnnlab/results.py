@@ -286,6 +286,28 @@ def e5_cost(root: Path) -> str:
                           "within the compute budget"), rows) + within + _sources(E5_COST)
 
 
+E5_RECIPES = "bench/e5_recipes.json"  # `make bench-e5-recipes`
+
+
+def e5_recipes(root: Path) -> str:
+    result = _load(root, E5_RECIPES)
+    load = result["load_average_1min"]
+    entry = result["entry_seeds"]
+    own = ("" if entry is None else
+           f" The entry's own recipe: {pct(entry['test_accuracy_mean'])} ± {100 * entry['test_accuracy_std']:.2f} "
+           f"test accuracy over 3 seeds of {entry['epochs']} epochs (`{entry['source']}`).")
+    machine = result["machine"]  # the bench's own process; each run trained on one thread
+    bf16 = "present" if machine["native_bf16"] else "absent"
+    head = (f"Seed 0 of each, trained at once in processes of one thread on {machine['cpu']} (native bf16 {bf16}; "
+            f"1-minute load average {load['before']:.1f} before, {load['after']:.1f} after), measured "
+            f"{result['measured_at'][:10]}; a choice reads the validation column, test is reported.{own}\n\n")
+    rows = [(f"`{r['run']}`", " ".join(f"`{setting}`" for setting in r["settings"]), f"{r['total_parameters']:,d}",
+             pct(r["best_val_accuracy"]), pct(r["test_accuracy"]), f"{r['seconds_per_epoch']:.0f} s",
+             f"{r['projected_hours_for_3_seeds']:.2f} h") for r in result["runs"]]
+    return head + _table(("run", "settings on top of the entry", "parameters", "best validation", "test",
+                          "per epoch (one thread, two at once)", "3 seeds at this speed"), rows) + _sources(E5_RECIPES)
+
+
 def _numbered(trials: list[dict[str, Any]]) -> dict[int, int]:
     """Trials by number, with their parameter counts: what tells one study's trials from another's."""
     return {t["number"]: t["parameters"] for t in trials}
@@ -420,7 +442,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "e1": e1, "e1-headline": e1_headline, "e1-fast": e1_fast, "e1-fast-headline": e1_fast_headline, "bench": bench, "bench-headline": bench_headline,
-    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e8": e8, "faults": faults, "catalogue": catalogue,
+    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-recipes": e5_recipes, "e8": e8, "faults": faults, "catalogue": catalogue,
 }
 
 
