@@ -296,16 +296,16 @@ def e5_recipes(root: Path) -> str:
     own = ("" if entry is None else
            f" The entry's own recipe: {pct(entry['test_accuracy_mean'])} ± {100 * entry['test_accuracy_std']:.2f} "
            f"test accuracy over 3 seeds of {entry['epochs']} epochs (`{entry['source']}`).")
-    machine = result["machine"]  # the bench's own process; each run trained on one thread
-    bf16 = "present" if machine["native_bf16"] else "absent"
-    head = (f"Seed 0 of each, trained at once in processes of one thread on {machine['cpu']} (native bf16 {bf16}; "
+    at_once = result["workload"]["processes_at_once"]
+    machine = {**result["machine"], "torch_threads": result["workload"]["threads_per_process"]}  # not the bench's own
+    head = (f"Seed 0 of each, {at_once} trained at once, on {_machine(machine)} ("
             f"1-minute load average {load['before']:.1f} before, {load['after']:.1f} after), measured "
             f"{result['measured_at'][:10]}; a choice reads the validation column, test is reported.{own}\n\n")
     rows = [(f"`{r['run']}`", " ".join(f"`{setting}`" for setting in r["settings"]), f"{r['total_parameters']:,d}",
              pct(r["best_val_accuracy"]), pct(r["test_accuracy"]), f"{r['seconds_per_epoch']:.0f} s",
              f"{r['projected_hours_for_3_seeds']:.2f} h") for r in result["runs"]]
     return head + _table(("run", "settings on top of the entry", "parameters", "best validation", "test",
-                          "per epoch (one thread, two at once)", "3 seeds at this speed"), rows) + _sources(E5_RECIPES)
+                          f"per epoch ({at_once} at once)", "3 seeds at this speed"), rows) + _sources(E5_RECIPES)
 
 
 def _numbered(trials: list[dict[str, Any]]) -> dict[int, int]:
