@@ -618,6 +618,29 @@ def test_an_enqueued_candidate_is_never_the_search_s_find():
     assert best["number"] != 0 and best["val_accuracy"] == max(t.value for t in study.trials[1:])
 
 
+def test_a_study_records_each_machine_its_trials_ran_on_and_sums_hours_only_on_one():
+    """A study resumed on another machine lists both; search-compare adds its wall time to a
+    retraining's only when every trial ran on the retraining's kind of machine (its thread count aside)."""
+    from cnnlab.search import MACHINE_ATTR, study_machines
+    from cnnlab.stages.search_compare import search_plus_retrain_hours
+
+    here = {"cpu": "AMD EPYC", "cores_available": 2, "torch_threads": 1, "native_bf16": True,
+            "bf16_flags": ["avx512_bf16"], "cuda": "", "torch": "2.14.1"}
+    older = {**here, "native_bf16": False, "bf16_flags": []}  # one CPU name, another generation
+    study = optuna.create_study(direction="maximize")
+    for machine in (here, here, older, None):  # the last: a trial from before trials recorded it
+        trial = study.ask()
+        if machine is not None:
+            trial.set_user_attr(MACHINE_ATTR, machine)
+        study.tell(trial, 0.5)
+    assert study_machines(study) == [here, older]
+    arm = {"search_wall_seconds": 1800.0, "search_machines": [here],
+           "retrained": {"wall_seconds": 5400.0, "machine": {**here, "torch_threads": 2}}}
+    assert search_plus_retrain_hours(arm) == pytest.approx(2.0)
+    assert search_plus_retrain_hours({**arm, "search_machines": [here, older]}) is None
+    assert search_plus_retrain_hours({**arm, "search_machines": []}) is None  # not recorded: not known
+
+
 @pytest.mark.slow
 def test_search_compare_holds_the_study_against_random_search_and_the_hand_designed_model(
         search_config, mnist_small, tmp_path, tracking_uri, capsys):
@@ -642,6 +665,10 @@ def test_search_compare_holds_the_study_against_random_search_and_the_hand_desig
     assert tpe["epochs_spent"] >= 2 and tpe["retrained"]["seeds"] == random_arm["retrained"]["seeds"] == [0, 1]
     assert hand["model_kwargs"] == {"widths": [8, 16]}
     assert all(a["retrained"]["machine"]["cores_available"] >= 1 for a in comparison["arms"])  # what timed it
+    for arm in (tpe, random_arm):  # searched and retrained here: one machine, so a wall time
+        assert [m["cpu"] for m in arm["search_machines"]] == [arm["retrained"]["machine"]["cpu"]]
+        hours = (arm["search_wall_seconds"] + arm["retrained"]["wall_seconds"]) / 3600
+        assert comparison["search_plus_retrain_hours"][arm["arm"]] == pytest.approx(hours)
     for arm in (tpe, random_arm):
         gain = 100 * (arm["retrained"]["test_accuracy_mean"] - hand["retrained"]["test_accuracy_mean"])
         assert comparison["gain_over_hand_designed_pp"][arm["arm"]] == pytest.approx(gain)

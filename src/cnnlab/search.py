@@ -42,7 +42,7 @@ from .hashing import content_sha256
 from .lifecycle import FAILURE_TAG, interruption_behind, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .retry import retried
-from .runtime import project_root, resolve_runtime
+from .runtime import machine, project_root, resolve_runtime
 from .builder import build_model, resolve_model_kwargs
 from .train import TrainingDiverged, fit
 from .training_cost import relative_training_cost
@@ -74,6 +74,9 @@ class OverBudget(optuna.TrialPruned):
 
 SEARCHED_FAMILY = "search_cnn"
 COST_ATTR = "relative_cost"  # the trial's seconds per training image over the baseline's
+# What each trial ran on: a study resumed on another machine mixes them, and its wall time is
+# then no measurement of one machine (search-compare adds it to a retraining's only on one).
+MACHINE_ATTR = "machine"
 
 
 def suggest(trial: optuna.Trial, space: SearchSpaceConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -391,6 +394,7 @@ class Objective:
         from .tracking import RunTracker
 
         self.trial_number = trial.number
+        trial.set_user_attr(MACHINE_ATTR, machine())
         model_kwargs, training = suggest(trial, self.search.space)
         model_kwargs = {**self.base_kwargs, **model_kwargs}
         try:
@@ -691,6 +695,16 @@ def study_wall_seconds(study: optuna.Study) -> float:
     return seconds
 
 
+def study_machines(study: optuna.Study) -> list[dict[str, Any]]:
+    """The distinct machines the study's trials ran on, in the order they first appear."""
+    seen: dict[str, dict[str, Any]] = {}
+    for trial in study.get_trials(deepcopy=False):
+        if MACHINE_ATTR in trial.user_attrs:
+            record = trial.user_attrs[MACHINE_ATTR]
+            seen.setdefault(json.dumps(record, sort_keys=True), record)
+    return list(seen.values())
+
+
 def enqueued(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial is a search.enqueue candidate (Optuna marks its fixed parameters)."""
     return "fixed_params" in trial.system_attrs
@@ -742,6 +756,7 @@ def write_summary(study: optuna.Study, path: Path, config: Config) -> dict[str, 
                "compute_budget": compute_budget, "sampler": search.sampler,
                "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
                "epochs_spent": epochs_spent(study), "wall_seconds": study_wall_seconds(study),
+               "machines": study_machines(study),
                "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR), "trials": trials_table(study),
                "best": best_trials(study), "importances": param_importances(study),
                "importance_evaluator": IMPORTANCE_EVALUATOR,

@@ -11,6 +11,10 @@
 stage of its own, cached and resumable apart from the others. Each winner is chosen on
 validation accuracy; test accuracy is reported, never used to choose.
 
+An arm's search plus retraining is a wall time only when both ran on one kind of machine (the
+study's trials record theirs, the seeds.json its own): machines here differ by session, and a
+search on one CPU added to a retraining on another measures neither.
+
     dvc repro experiments/dvc.yaml:search_compare-e5_search
 """
 
@@ -58,12 +62,33 @@ def retrained(summary: dict[str, Any]) -> dict[str, Any]:
             "machine": summary["machine"]}  # where its wall time was measured
 
 
+# What makes two machine records one kind of machine for a wall time: the process's own thread
+# count is left out (search workers and seeds choose theirs), and so is native_bf16 (the flags
+# say it). Two CPUs of one name and the same flags count as one kind: the record holds no more.
+MACHINE_KIND_KEYS = ("cpu", "cores_available", "bf16_flags", "cuda", "torch")
+
+
+def machine_kind(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record.get(key) for key in MACHINE_KIND_KEYS}
+
+
+def search_plus_retrain_hours(arm: dict[str, Any]) -> float | None:
+    """The arm's search and retraining wall time in hours, or None unless every trial of its
+    search ran on the kind of machine that retrained its winner (a study from before trials
+    recorded their machine has none to check)."""
+    retrained_on = machine_kind(arm["retrained"]["machine"])
+    searched_on = [machine_kind(record) for record in arm["search_machines"]]
+    if not searched_on or any(kind != retrained_on for kind in searched_on):
+        return None
+    return (arm["search_wall_seconds"] + arm["retrained"]["wall_seconds"]) / 3600
+
+
 def search_arm(name: str, study: dict[str, Any], winner_seeds: dict[str, Any]) -> dict[str, Any]:
     best = search_winner(study)  # the trial its retrain-best / retrain-control retrained
     return {"arm": name, "study": study["study"], "sampler": study["sampler"],
             "epoch_budget": study["epoch_budget"], "epochs_spent": study["epochs_spent"], "trials": len(study["trials"]),
             "states": {k: v for k, v in study["states"].items() if v},
-            "search_wall_seconds": study["wall_seconds"],
+            "search_wall_seconds": study["wall_seconds"], "search_machines": study.get("machines", []),
             "winner": {k: best[k] for k in ("number", "val_accuracy", "parameters", "model_kwargs", "training")},
             "best_so_far": best_so_far(study["trials"]), "retrained": retrained(winner_seeds)}
 
@@ -105,8 +130,7 @@ def search_compare(config: Config) -> dict[str, Any]:
         "arms": [*arms, hand],
         "gain_over_hand_designed_pp": {a["arm"]: 100 * (a["retrained"]["test_accuracy_mean"] - baseline_test)
                                        for a in arms},
-        "search_plus_retrain_hours": {a["arm"]: (a["search_wall_seconds"] + a["retrained"]["wall_seconds"]) / 3600
-                                      for a in arms},
+        "search_plus_retrain_hours": {a["arm"]: search_plus_retrain_hours(a) for a in arms},
     }
     write_json(files.search_comparison, comparison)
     plots.plot_search_comparison(comparison, files.search_comparison_figure)
