@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
+from .machines import describe_kind, one_kind
 from .selection import chosen_seed_run, search_winner
 
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
@@ -330,10 +331,10 @@ def e5_budget(root: Path) -> str:
     target = E5_TARGETS["hours"] * 3600
     searching, retraining = budget * per_trial_epoch, epochs * per_retrain_epoch * cap
     largest = int((target - retraining) // per_trial_epoch)
-    searched_on = (" and ".join(_machine_kind(m) for m in search["machines"]) if "machines" in search
-                   else "a machine its study did not record")
+    searched = search.get("machines") or []  # none in a study from before trials recorded theirs
+    searched_on = " and ".join(map(describe_kind, searched)) or "a machine its study did not record"
     caveats = []
-    if "machines" not in search or any(_machine_kind(m) != _machine_kind(hand["machine"]) for m in search["machines"]):
+    if not searched or not one_kind([*searched, hand["machine"]]):
         caveats.append("the search and the seeds are not known to have run on one kind of machine, so the sum "
                        "holds only as far as their speeds match")
     if hand["seed_workers"] != config.seed_workers:
@@ -343,7 +344,7 @@ def e5_budget(root: Path) -> str:
             f"(the committed study: {search['wall_seconds']:,.0f} s over {search['epochs_spent']} trial-epochs, on "
             f"{searched_on}), plus the winner's retraining {epochs} × {per_retrain_epoch:.1f} s × {cap:g} = "
             f"{retraining:,.0f} s (the hand-designed net's {len(hand['seeds'])} seeds, {hand['seed_workers']} at once: "
-            f"{hand['wall_seconds_total']:,.0f} s over {hand_epochs} epochs, on {_machine_kind(hand['machine'])}), "
+            f"{hand['wall_seconds_total']:,.0f} s over {hand_epochs} epochs, on {describe_kind(hand['machine'])}), "
             f"{(searching + retraining) / 3600:.2f} h in all: "
             + ("fits" if searching + retraining <= target else "**does not fit**")
             + f". The largest epoch budget that fits beside this retraining: {largest} trial-epochs."
@@ -376,7 +377,7 @@ def format_comparison(comparison: dict[str, Any]) -> str:
             f"{r['total_parameters']:,d}", spread(r["val_accuracy_mean"], r["val_accuracy_std"]),
             spread(r["test_accuracy_mean"], r["test_accuracy_std"]),
             f"{gain:+.2f} pp" if gain is not None else "-",
-            _arm_hours(arm, hours), _machine_kind(r["machine"])]) + " |")
+            _arm_hours(arm, hours), describe_kind(r["machine"])]) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -388,13 +389,6 @@ def _arm_hours(arm: dict[str, Any], hours: float | None) -> str:
     if "search_machines" not in arm:  # a comparison from before studies recorded their machines
         return f"{hours:.2f} h (search's machine not recorded)"
     return f"{hours:.2f} h"
-
-
-def _machine_kind(machine: dict[str, Any]) -> str:
-    """A machine record in the words that tell kinds apart: CPUs of one name differ by their bf16 flags."""
-    flags = machine.get("bf16_flags")
-    native = (f"native bf16 ({', '.join(flags)})" if flags else "no native bf16") if flags is not None else ""
-    return ", ".join(part for part in (machine["cpu"], native, machine.get("cuda") or "") if part)
 
 
 E5_HAND_DESIGNED = "outputs/e5_search/seeds.json"  # `cnnlab seeds` on the entry's own model and recipe
@@ -441,7 +435,7 @@ def _searched_on(comparison: dict[str, Any]) -> str:
     def where(arm: dict[str, Any]) -> str:
         if "search_machines" not in arm:
             return f"{arm['arm']} on a machine it did not record"
-        return f"{arm['arm']} on " + " and ".join(_machine_kind(m) for m in arm["search_machines"])
+        return f"{arm['arm']} on " + " and ".join(describe_kind(m) for m in arm["search_machines"])
 
     searched = [where(arm) for arm in comparison["arms"] if "epochs_spent" in arm]
     return (f"The searches ran {', '.join(searched)}; each arm's retraining ran on the machine of the last column. "

@@ -26,6 +26,7 @@ from typing import Any
 from ..config import SAMPLERS, Config, ConfigError
 from ..contract import ControlFiles, RunFiles, StudyFiles, control_sampler, control_study
 from ..files import read_json, write_json
+from ..machines import one_kind
 from ..metrics import mean_std
 from ..results import format_comparison
 from ..selection import search_winner
@@ -62,23 +63,11 @@ def retrained(summary: dict[str, Any]) -> dict[str, Any]:
             "machine": summary["machine"]}  # where its wall time was measured
 
 
-# What makes two machine records one kind of machine for a wall time: the process's own thread
-# count is left out (search workers and seeds choose theirs), and so is native_bf16 (the flags
-# say it). Two CPUs of one name and the same flags count as one kind: the record holds no more.
-MACHINE_KIND_KEYS = ("cpu", "cores_available", "bf16_flags", "cuda", "torch")
-
-
-def machine_kind(record: dict[str, Any]) -> dict[str, Any]:
-    return {key: record.get(key) for key in MACHINE_KIND_KEYS}
-
-
 def search_plus_retrain_hours(arm: dict[str, Any]) -> float | None:
     """The arm's search and retraining wall time in hours, or None unless every trial of its
     search ran on the kind of machine that retrained its winner (a study from before trials
     recorded their machine has none to check)."""
-    retrained_on = machine_kind(arm["retrained"]["machine"])
-    searched_on = [machine_kind(record) for record in arm["search_machines"]]
-    if not searched_on or any(kind != retrained_on for kind in searched_on):
+    if not arm["search_machines"] or not one_kind([*arm["search_machines"], arm["retrained"]["machine"]]):
         return None
     return (arm["search_wall_seconds"] + arm["retrained"]["wall_seconds"]) / 3600
 
