@@ -687,3 +687,27 @@ def test_search_compare_holds_the_study_against_random_search_and_the_hand_desig
     assert main(["search-compare", *args, "-S", "seeds=[0, 1, 2]"]) == 2
     err = capsys.readouterr().err
     assert "tpe was retrained with seeds [0, 1]" in err and "hand-designed was retrained" in err
+
+
+def test_retraining_on_another_kind_of_machine_than_the_search_says_so_before_it_trains(search_config, caplog):
+    """The winner's retraining warns at its start when the study ran elsewhere (its wall time will
+    not be summed with the search's), and stays quiet when the study ran on this kind of machine."""
+    from cnnlab.contract import StudyFiles
+    from cnnlab.runtime import machine
+    from cnnlab.stages.search import retrained_winner
+
+    config = search_config()
+    best = {"number": 3, "val_accuracy": 0.9, "parameters": 1_000, "params": {}, "training": {},
+            "model_kwargs": {"widths": [8, 16], "in_channels": 1, "num_classes": 10, "image_size": 28}}
+    path = StudyFiles.of(config).search_summary
+    path.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere = {**machine(), "cpu": "Another CPU", "bf16_flags": ["amx_bf16"]}
+    for searched_on, warned in (([elsewhere], True), ([], True), ([{**machine(), "torch_threads": 7}], False)):
+        path.write_text(json.dumps({"best": [best], "machines": searched_on}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="cnnlab"):
+            assert retrained_winner(config).model.kwargs == best["model_kwargs"]
+        text = caplog.text
+        assert ("this retraining runs on" in text) == warned, text
+        if searched_on and warned:
+            assert "Another CPU, native bf16 (amx_bf16)" in text

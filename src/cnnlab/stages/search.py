@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, ModelConfig
 from ..contract import RunFiles, StudyFiles, seed_run, winner_name
 from ..files import read_json
+from ..machines import describe_kind, one_kind
 from ..selection import chosen_seed_run, search_winner
 from .export import export
 from .register import register
 from .seeds import seeds
+
+log = logging.getLogger(__name__)
 
 
 def search(config: Config) -> dict[str, Any]:
@@ -80,10 +84,25 @@ def retrained_winner(config: Config) -> Config:
     if parameters > config.search.param_budget:
         raise RuntimeError(f"trial {best['number']} has {parameters:,d} parameters, over the budget "
                            f"{config.search.param_budget:,d}; refusing to train it")
+    warn_of_another_machine(config.search.study, summary.get("machines") or [])
     winner = winner_config(config, best)
     print(f"retraining trial {best['number']} of {config.search.study} ({parameters:,d} parameters) as "
           f"{winner.name} with seeds {winner.seeds}", flush=True)
     return winner
+
+
+def warn_of_another_machine(study: str, searched_on: list[dict[str, Any]]) -> None:
+    """Say before hours of retraining, not after, when the study ran on another kind of machine
+    than this one: search-compare will not add the two wall times up."""
+    from ..runtime import machine
+
+    here = machine()
+    if searched_on and one_kind([*searched_on, here]):
+        return
+    where = " and ".join(map(describe_kind, searched_on)) or "a machine it did not record"
+    log.warning("study %s ran on %s, this retraining runs on %s: its search plus retraining will not count as "
+                "one wall time (`dvc repro experiments/dvc.yaml:retrain_best-<entry>` runs both here)",
+                study, where, describe_kind(here))
 
 
 def retrain_best(config: Config) -> dict[str, Any]:
