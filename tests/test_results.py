@@ -72,8 +72,13 @@ def test_an_e5_winner_retrained_from_an_earlier_study_is_not_quoted(tmp_path):
     study the old winner's accuracy: the docs say the winner is not retrained yet."""
     search, seeds = committed_e5_with_its_winner_retrained(tmp_path)
     assert e5_files(tmp_path)[1] == seeds
-    retrained = regenerate("<!-- results:e5 -->\n<!-- /results:e5 -->\n", tmp_path)
-    assert "Wall time: the search" in retrained and "h in all against the target of 2.5 h" in retrained
+    search_file = tmp_path / "outputs/e5_search/search.json"
+    for searched_on, summed in (([seeds["machine"]], True), ([], False)):  # one machine; the search's not recorded
+        search_file.write_text(json.dumps({**search, "machines": searched_on}))
+        retrained = regenerate("<!-- results:e5 -->\n<!-- /results:e5 -->\n", tmp_path)
+        assert "Wall time: the search" in retrained
+        assert ("h in all against the target of 2.5 h" in retrained) == summed
+        assert ("not one machine's time, so not measured" in retrained) != summed
     for trial in search["best"]:
         trial["parameters"] -= 1
     (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps(search))

@@ -25,6 +25,15 @@ def one_kind(records: list[dict[str, Any]]) -> bool:
     return bool(kinds) and all(kind == kinds[0] for kind in kinds)
 
 
+def timed_on_one_kind(*parts: tuple[float, list[dict[str, Any]]]) -> float | None:
+    """The parts' wall seconds summed, each given with the machines it ran on; None unless every
+    part recorded its machines and all of them are one kind."""
+    machines = [record for _, records in parts for record in records]
+    if any(not records for _, records in parts) or not one_kind(machines):
+        return None
+    return sum(seconds for seconds, _ in parts)
+
+
 def describe_kind(record: dict[str, Any]) -> str:
     """A record in the words that tell kinds apart: CPUs of one name differ by their bf16 flags."""
     flags = record.get("bf16_flags")

@@ -26,7 +26,7 @@ from typing import Any
 from ..config import SAMPLERS, Config, ConfigError
 from ..contract import ControlFiles, RunFiles, StudyFiles, control_sampler, control_study
 from ..files import read_json, write_json
-from ..machines import one_kind
+from ..machines import timed_on_one_kind
 from ..metrics import mean_std
 from ..results import format_comparison
 from ..selection import search_winner
@@ -67,9 +67,9 @@ def search_plus_retrain_hours(arm: dict[str, Any]) -> float | None:
     """The arm's search and retraining wall time in hours, or None unless every trial of its
     search ran on the kind of machine that retrained its winner (a study from before trials
     recorded their machine has none to check)."""
-    if not arm["search_machines"] or not one_kind([*arm["search_machines"], arm["retrained"]["machine"]]):
-        return None
-    return (arm["search_wall_seconds"] + arm["retrained"]["wall_seconds"]) / 3600
+    seconds = timed_on_one_kind((arm["search_wall_seconds"], arm["search_machines"]),
+                                (arm["retrained"]["wall_seconds"], [arm["retrained"]["machine"]]))
+    return None if seconds is None else seconds / 3600
 
 
 def search_arm(name: str, study: dict[str, Any], winner_seeds: dict[str, Any]) -> dict[str, Any]:
