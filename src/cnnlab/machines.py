@@ -39,3 +39,8 @@ def describe_kind(record: dict[str, Any]) -> str:
     flags = record.get("bf16_flags")
     native = "" if flags is None else f"native bf16 ({', '.join(flags)})" if flags else "no native bf16"
     return ", ".join(part for part in (record["cpu"], native, record.get("cuda") or "") if part)
+
+
+def describe_kinds(records: list[dict[str, Any]]) -> str:
+    """Where a measurement of several parts ran (a study's trials), in words; none recorded: said so."""
+    return " and ".join(map(describe_kind, records)) or "a machine it did not record"

@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from .machines import describe_kind, one_kind, timed_on_one_kind
+from .machines import describe_kind, describe_kinds, one_kind, timed_on_one_kind
 from .selection import chosen_seed_run, search_winner
 
 DOCUMENTS = ("README.md", "docs/RESULTS.md")
@@ -238,7 +238,7 @@ def e5(root: Path) -> str:
     searched_on = search.get("machines") or []  # none in a study from before trials recorded theirs
     total = timed_on_one_kind((search["wall_seconds"], searched_on), (seeds["wall_seconds_total"], [seeds["machine"]]))
     timing = (f"Wall time: the search {search['wall_seconds'] / 3600:.2f} h for {search['epochs_spent']} trial-epochs "
-              f"on {' and '.join(map(describe_kind, searched_on)) or 'a machine it did not record'}, the retraining "
+              f"on {describe_kinds(searched_on)}, the retraining "
               f"{seeds['wall_seconds_total'] / 3600:.2f} h ({len(seeds['runs'])} seeds at once) on "
               f"{describe_kind(seeds['machine'])}, "
               + (f"{total / 3600:.2f} h in all against the target of {E5_TARGETS['hours']} h." if total is not None else
@@ -336,7 +336,6 @@ def e5_budget(root: Path) -> str:
     searching, retraining = budget * per_trial_epoch, epochs * per_retrain_epoch * cap
     largest = int((target - retraining) // per_trial_epoch)
     searched = search.get("machines") or []  # none in a study from before trials recorded theirs
-    searched_on = " and ".join(map(describe_kind, searched)) or "a machine its study did not record"
     caveats = []
     if not searched or not one_kind([*searched, hand["machine"]]):
         caveats.append("the search and the seeds are not known to have run on one kind of machine, so the sum "
@@ -346,7 +345,7 @@ def e5_budget(root: Path) -> str:
     return (f"The entry's settings (`search.epoch_budget` {budget}, `train.epochs` {epochs}, `search.cost_cap` {cap:g}) "
             f"against {E5_TARGETS['hours']} h: the search {budget} × {per_trial_epoch:.1f} s = {searching:,.0f} s "
             f"(the committed study: {search['wall_seconds']:,.0f} s over {search['epochs_spent']} trial-epochs, on "
-            f"{searched_on}), plus the winner's retraining {epochs} × {per_retrain_epoch:.1f} s × {cap:g} = "
+            f"{describe_kinds(searched)}), plus the winner's retraining {epochs} × {per_retrain_epoch:.1f} s × {cap:g} = "
             f"{retraining:,.0f} s (the hand-designed net's {len(hand['seeds'])} seeds, {hand['seed_workers']} at once: "
             f"{hand['wall_seconds_total']:,.0f} s over {hand_epochs} epochs, on {describe_kind(hand['machine'])}), "
             f"{(searching + retraining) / 3600:.2f} h in all: "
@@ -436,12 +435,8 @@ def _hours_verdict(arm: dict[str, Any], hours: float | None) -> str:
 def _searched_on(comparison: dict[str, Any]) -> str:
     """Where each search ran (its trials' machines), beside the retraining machines of the table:
     a search plus retraining is a wall time only on one kind of machine."""
-    def where(arm: dict[str, Any]) -> str:
-        if "search_machines" not in arm:
-            return f"{arm['arm']} on a machine it did not record"
-        return f"{arm['arm']} on " + " and ".join(describe_kind(m) for m in arm["search_machines"])
-
-    searched = [where(arm) for arm in comparison["arms"] if "epochs_spent" in arm]
+    searched = [f"{arm['arm']} on {describe_kinds(arm.get('search_machines', []))}"
+                for arm in comparison["arms"] if "epochs_spent" in arm]
     return (f"The searches ran {', '.join(searched)}; each arm's retraining ran on the machine of the last column. "
             f"Search plus retraining is a wall time only where both ran on one kind of machine.")
 

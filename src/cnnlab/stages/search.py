@@ -10,7 +10,7 @@ from typing import Any
 from ..config import Config, ModelConfig
 from ..contract import RunFiles, StudyFiles, seed_run, winner_name
 from ..files import read_json
-from ..machines import describe_kind, one_kind
+from ..machines import describe_kind, describe_kinds, one_kind
 from ..selection import chosen_seed_run, search_winner
 from .export import export
 from .register import register
@@ -99,10 +99,9 @@ def warn_of_another_machine(study: str, searched_on: list[dict[str, Any]]) -> No
     here = machine()
     if searched_on and one_kind([*searched_on, here]):
         return
-    where = " and ".join(map(describe_kind, searched_on)) or "a machine it did not record"
     log.warning("study %s ran on %s, this retraining runs on %s: its search plus retraining will not count as "
                 "one wall time (`dvc repro experiments/dvc.yaml:retrain_best-<entry>` runs both here)",
-                study, where, describe_kind(here))
+                study, describe_kinds(searched_on), describe_kind(here))
 
 
 def retrain_best(config: Config) -> dict[str, Any]:
