@@ -198,8 +198,11 @@ def test_sigterm_to_seeds_with_one_worker_idle_ends_every_run(tmp_path, datasets
         args += ["-S", item]
     prepare = [a if a != "seeds" else "prepare" for a in args]
     subprocess.run(prepare, check=True, capture_output=True, cwd=PROJECT_ROOT)
-    # Epochs enough that the third seed, alone, is still training when the signal comes.
-    command = subprocess.Popen([*args, "-S", "train.epochs=40"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+    # Epochs enough that the third seed, alone, is still training when the signal comes: it starts
+    # when the first of the other two ends, and they train the same work side by side, so they end
+    # within seconds of each other, far inside one seed's time (40 epochs took 342 s on a CPU
+    # without native bf16, where 12 still leave the third seed about half a minute).
+    command = subprocess.Popen([*args, "-S", "train.epochs=12"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     client = MlflowClient(tracking_uri=tracking_uri)
 
