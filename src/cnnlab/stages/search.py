@@ -100,7 +100,7 @@ def warn_of_another_machine(study: str, searched_on: list[dict[str, Any]]) -> No
     if searched_on and one_kind([*searched_on, here]):
         return
     log.warning("study %s ran on %s, this retraining runs on %s: its search plus retraining will not count as "
-                "one wall time (`dvc repro experiments/dvc.yaml:retrain_best-<entry>` runs both here)",
+                "one wall time (to time both on one machine, run the study here too, then retrain)",
                 study, describe_kinds(searched_on), describe_kind(here))
 
 
