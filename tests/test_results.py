@@ -89,6 +89,31 @@ def test_an_e5_winner_retrained_from_an_earlier_study_is_not_quoted(tmp_path):
         assert old_accuracy not in text and "seeds.json`, " not in text
 
 
+def test_the_e5_block_says_which_depths_the_compute_budget_let_train(tmp_path):
+    """Depth costs differently per CPU: the e5 block tells, by blocks per stage, how many timed
+    trials the compute cap let train and their range of cost, so a study confined to the
+    baseline's own depth says so. A trial at the cap trains; one just over it does not."""
+    search, _ = committed_e5_with_its_winner_retrained(tmp_path)
+    trial = search["trials"][0]
+
+    def timed(number: int, depth: int, cost: float) -> dict:
+        return {**trial, "number": number, "relative_cost": cost,
+                "model_kwargs": {**trial["model_kwargs"], "blocks_per_stage": depth}}
+
+    trials = [timed(0, 1, 0.5), timed(1, 1, 1.0), timed(2, 2, 1.001), timed(3, 3, 1.4), {**trial, "number": 4}]
+    for entry in trials[4:]:
+        entry.pop("relative_cost", None)  # a trial over the parameter budget is never timed
+    budget = {**search["compute_budget"], "cost_cap": 1.0}
+    (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps({**search, "compute_budget": budget,
+                                                                          "trials": trials}))
+    text = regenerate("<!-- results:e5 -->\n<!-- /results:e5 -->\n", tmp_path)
+    assert "pruned 2 of 5 trials before they trained" in text
+    assert ("1 per stage: 2 of 2 trained, 0.500x to 1.000x; 2 per stage: 0 of 1 trained, 1.001x to 1.001x; "
+            "3 per stage: 0 of 1 trained, 1.400x to 1.400x.") in text
+    (tmp_path / "outputs/e5_search/search.json").write_text(json.dumps({**search, "compute_budget": None}))
+    assert "compute budget" not in regenerate("<!-- results:e5 -->\n<!-- /results:e5 -->\n", tmp_path)
+
+
 @pytest.mark.slow
 def test_make_bench_runs_on_the_embedded_digits_and_writes_its_json(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CNNLAB_DATASETS"}
@@ -246,7 +271,10 @@ def test_the_budget_block_projects_the_entry_s_settings_from_the_committed_study
     assert f"the search {budget} × 20.0 s = {20 * budget:,.0f} s" in fitting
     assert f"{epochs} × 100.0 s × {cap:g} = {retraining:,.0f} s" in fitting
     assert f"fits. The largest epoch budget that fits beside this retraining: {int((9000 - retraining) // 20)}" in fitting
+    largest_cap = cap * 9000 / (20 * budget + retraining)
+    assert f"were the search to slow in proportion too: {largest_cap:.2f}x." in fitting
     assert "Note:" not in fitting
     slow = (9000 - 1) / (epochs * cap)  # retraining alone takes the whole target
     over = project(20.0, slow, CPU_B)
     assert "**does not fit**" in over and "not known to have run on one kind of machine" in over
+    assert f"in proportion too: {cap * 9000 / (20 * budget + epochs * slow * cap):.2f}x" in over  # below the cap

@@ -223,7 +223,8 @@ def e5(root: Path) -> str:
                + ", ".join(f"{n} {s.lower()}" for s, n in search["states"].items() if n)
                + f". Winner: trial {best['number']}, {best['model_kwargs']['block_style']} blocks, widths {widths}, "
                  f"{recipe['optimizer']} lr {lr:.3g}, **{best['parameters']:,d} parameters**, "
-                 f"{pct(best['val_accuracy'])} validation in the search. " + _importances(search))
+                 f"{pct(best['val_accuracy'])} validation in the search. " + _importances(search)
+               + _compute_budget_by_depth(search))
     if seeds is None:
         return "\n".join([summary, "", f"The winner is not retrained yet: {E5_NOT_RETRAINED}. "
                            + _sources(E5_SEARCH)])
@@ -252,6 +253,26 @@ def e5(root: Path) -> str:
                    "outputs/e5_search_winner/seed*/{eval,train_metrics,registered}.json"),
     ]
     return "\n".join(lines)
+
+
+def _compute_budget_by_depth(search: dict) -> str:
+    """Which depths the compute budget let train: the trials it timed, by blocks per stage, with the
+    range of their training time per image against the hand-designed net. Depth costs differently
+    per CPU, so this is where a study's space can shrink to the baseline's own depth."""
+    budget = search.get("compute_budget")
+    timed = [t for t in search["trials"] if t.get("relative_cost") is not None]
+    if not budget or not timed:  # no baseline, or a study from before trials were timed
+        return ""
+    by_depth: dict[int, list[float]] = {}
+    for trial in timed:
+        by_depth.setdefault(trial["model_kwargs"].get("blocks_per_stage", 1), []).append(trial["relative_cost"])
+    cap = budget["cost_cap"]
+    parts = [f"{depth} per stage: {sum(c <= cap for c in costs)} of {len(costs)} trained, "
+             f"{min(costs):.3f}x to {max(costs):.3f}x" for depth, costs in sorted(by_depth.items())]
+    pruned = sum(t["relative_cost"] > cap for t in timed)
+    return (f" The compute budget ({cap:g}x the hand-designed net's training time per image) pruned {pruned} of "
+            f"{len(search['trials'])} trials before they trained; the timed trials by blocks per stage, with their "
+            f"time per image against that net: " + "; ".join(parts) + ".")
 
 
 def _importances(search: dict) -> str:
@@ -335,6 +356,8 @@ def e5_budget(root: Path) -> str:
     target = E5_TARGETS["hours"] * 3600
     searching, retraining = budget * per_trial_epoch, epochs * per_retrain_epoch * cap
     largest = int((target - retraining) // per_trial_epoch)
+    # a higher cap admits slower candidates, so the search slows with it too: scaling both errs short
+    largest_cap = cap * target / (searching + retraining)
     searched = search.get("machines") or []  # none in a study from before trials recorded theirs
     caveats = []
     if not searched or not one_kind([*searched, hand["machine"]]):
@@ -350,7 +373,9 @@ def e5_budget(root: Path) -> str:
             f"{hand['wall_seconds_total']:,.0f} s over {hand_epochs} epochs, on {describe_kind(hand['machine'])}), "
             f"{(searching + retraining) / 3600:.2f} h in all: "
             + ("fits" if searching + retraining <= target else "**does not fit**")
-            + f". The largest epoch budget that fits beside this retraining: {largest} trial-epochs."
+            + f". The largest epoch budget that fits beside this retraining: {largest} trial-epochs. "
+            f"The largest compute cap that fits at this epoch budget, were the search to slow in proportion "
+            f"too: {largest_cap:.2f}x."
             + "".join(f" Note: {c}." for c in caveats) + "\n\n" + _sources(E5_SEARCH, E5_HAND_DESIGNED, E5_HAND_SEED_CONFIG,
                                                                     "catalogue.yaml") + "\n")
 
