@@ -267,9 +267,10 @@ def _compute_budget_by_depth(search: dict) -> str:
     for trial in timed:
         by_depth.setdefault(trial["model_kwargs"].get("blocks_per_stage", 1), []).append(trial["relative_cost"])
     cap = budget["cost_cap"]
-    parts = [f"{depth} per stage: {sum(c <= cap for c in costs)} of {len(costs)} trained, "
+    trained = {depth: sum(c <= cap for c in costs) for depth, costs in by_depth.items()}
+    parts = [f"{depth} per stage: {trained[depth]} of {len(costs)} trained, "
              f"{min(costs):.3f}x to {max(costs):.3f}x" for depth, costs in sorted(by_depth.items())]
-    pruned = sum(t["relative_cost"] > cap for t in timed)
+    pruned = len(timed) - sum(trained.values())
     return (f" The compute budget ({cap:g}x the hand-designed net's training time per image) pruned {pruned} of "
             f"{len(search['trials'])} trials before they trained; the timed trials by blocks per stage, with their "
             f"time per image against that net: " + "; ".join(parts) + ".")
