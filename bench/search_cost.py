@@ -2,14 +2,16 @@
 model (the search's compute budget, cnnlab.training_cost), timed here in one thread as a search
 worker trains.
 
-    python bench/search_cost.py [--experiment e5_search] [--repeats 3] [--out bench/search_cost.json]
-                                                                        # or: make bench-search-cost
+    python bench/search_cost.py [--experiment e5_search] [--repeats 3] [--self-repeats 10]
+                                [--out bench/search_cost.json]          # or: make bench-search-cost
 
 Issue #16 wants the search and the winner's retraining within 2.5 h on this 2-core CPU, and the
 winner's seeds retrain at the winner's speed. Per complete trial of ``outputs/<study>/search.json``
 (and its winner) this records the median over ``--repeats`` of its relative cost, and whether
 the compute budget (search.cost_cap) would let it train: a study that ran before the budget shows which
-of its trials, the winner included, a search under it would have pruned before training.
+of its trials, the winner included, a search under it would have pruned before training. The
+baseline is also timed against itself ``--self-repeats`` times: how far the timing strays from
+1.0, which the budget allows for (cnnlab.training_cost.TIMING_NOISE).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cnnlab.contract import StudyFiles
 from cnnlab.runtime import machine, resolve_runtime
 from cnnlab.search import SEARCHED_FAMILY, baseline_model
 from cnnlab.selection import search_winner
-from cnnlab.training_cost import relative_training_cost
+from cnnlab.training_cost import TIMING_NOISE, cost_ceiling, relative_training_cost
 
 INPUT_KEYS = ("in_channels", "num_classes", "image_size")  # what the study's resolved kwargs add to the entry's
 
@@ -39,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="e5_search")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--self-repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "search_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a search worker's share of the 2 cores
@@ -51,12 +54,15 @@ def main() -> None:
     winner = search_winner(summary)["number"]
     runtime = resolve_runtime(config.train.device, config.train.precision)
     load_before = os.getloadavg()[0]  # other work on the machine slows both nets of a pair alike
+    complete = [trial for trial in summary["trials"] if trial["state"] == "COMPLETE"]
+    inputs = {key: complete[0]["model_kwargs"][key] for key in INPUT_KEYS}  # one dataset: every trial's alike
+    baseline_kwargs = {**inputs, **baseline.kwargs}
+    self_costs = [relative_training_cost(SEARCHED_FAMILY, baseline_kwargs, baseline_kwargs, config.train.batch_size,
+                                         runtime) for _ in range(args.self_repeats)]
+    print(f"the baseline against itself: {min(self_costs):.3f}x to {max(self_costs):.3f}x", flush=True)
     rows = []
-    for trial in summary["trials"]:
-        if trial["state"] != "COMPLETE":
-            continue
+    for trial in complete:
         kwargs = trial["model_kwargs"]
-        baseline_kwargs = {**{key: kwargs[key] for key in INPUT_KEYS}, **baseline.kwargs}
         costs = [relative_training_cost(SEARCHED_FAMILY, kwargs, baseline_kwargs, trial["training"]["batch_size"], runtime)
                  for _ in range(args.repeats)]
         cost = statistics.median(costs)
@@ -64,12 +70,13 @@ def main() -> None:
                      "val_accuracy": trial["val_accuracy"], "parameters": trial["parameters"],
                      "block_style": kwargs["block_style"], "widths": kwargs["widths"],
                      "relative_costs": [round(c, 3) for c in costs], "relative_cost": round(cost, 3),
-                     "within_budget": cost <= config.search.cost_cap})
+                     "within_budget": cost <= cost_ceiling(config.search.cost_cap)})
         print(f"trial {trial['number']:3d} {kwargs['block_style']:9s} {kwargs['widths']}: {cost:.2f}x the baseline",
               flush=True)
     result = {"experiment": args.experiment, "study": summary["study"], "source": str(summary_path.relative_to(ROOT)),
               "baseline": {"model": baseline.name, "kwargs": baseline.kwargs}, "cost_cap": config.search.cost_cap,
-              "repeats": args.repeats,
+              "timing_noise": TIMING_NOISE, "repeats": args.repeats,
+              "self_costs": [round(c, 3) for c in self_costs],
               "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]}, "runtime": runtime.describe(), "machine": machine(),
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "trials": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,6 +15,7 @@ from cnnlab.data.prepare import save_prepared  # noqa: E402
 from cnnlab.lifecycle import interruption_behind  # noqa: E402
 from cnnlab.search import (PARENT_RUN_ATTR, end_unended_trial, open_study, run_search,  # noqa: E402
                            search_with_workers, studies_named, study_name)
+from cnnlab.training_cost import TIMING_NOISE  # noqa: E402
 
 from .conftest import PROJECT_ROOT  # noqa: E402
 
@@ -73,7 +74,7 @@ def test_a_candidate_slower_to_train_than_the_entry_s_own_model_is_pruned_before
     assert trial.state.name == "COMPLETE" and trial.user_attrs["relative_cost"] < 1
     summary = write_summary(study, tmp_path / "search.json", fast)
     assert summary["compute_budget"] == {"model": "search_cnn", "kwargs": {"widths": [64, 128], "convs_per_block": 3},
-                                         "cost_cap": 1.0}
+                                         "cost_cap": 1.0, "timing_noise": TIMING_NOISE}
     assert summary["trials"][0]["relative_cost"] == trial.user_attrs["relative_cost"]
     assert study_name(fast) != study_name(search_config("model.name=search_cnn", baseline))  # the budget is identity
 
@@ -89,6 +90,25 @@ def test_a_raised_cost_cap_lets_a_slower_candidate_train(search_config, mnist_sm
     (trial,) = trials_of(config)
     assert trial.state.name == "COMPLETE" and 1 < trial.user_attrs["relative_cost"] <= 1000
     assert write_summary(study, config.output_dir / "search.json", config)["compute_budget"]["cost_cap"] == 1000
+
+
+@pytest.mark.parametrize("timed_cost, trains", [(1 + TIMING_NOISE / 2, True), (1 + 2 * TIMING_NOISE, False)])
+def test_a_candidate_as_fast_as_the_baseline_trains_whichever_way_the_timing_s_noise_falls(
+        search_config, mnist_small, monkeypatch, timed_cost, trains):
+    """A net of the baseline's own shape times a few percent either side of 1x (the last real study
+    pruned one at 1.001x under a cap of 1): within the noise allowed for, it trains at cap 1; timed
+    well past it, it is pruned, the cap and the allowance named."""
+    import cnnlab.search
+
+    monkeypatch.setattr(cnnlab.search, "relative_training_cost", lambda *args: timed_cost)
+    config = search_config("model.name=search_cnn", "model.kwargs={widths: [8, 8], convs_per_block: 1}",
+                           "search.n_trials=1")
+    run_search(config, mnist_small)
+    (trial,) = trials_of(config)
+    assert trial.user_attrs["relative_cost"] == round(timed_cost, 3)
+    assert trial.state.name == ("COMPLETE" if trains else "PRUNED")
+    if not trains:
+        assert f"cap 1x, {1 + TIMING_NOISE:.2f}x with the timing's noise" in trial.user_attrs["reason"]
 
 
 def test_shrink_to_fit_trains_a_model_under_the_budget(search_config, mnist_small):

@@ -42,5 +42,6 @@ def describe_kind(record: dict[str, Any]) -> str:
 
 
 def describe_kinds(records: list[dict[str, Any]]) -> str:
-    """Where a measurement of several parts ran (a study's trials), in words; none recorded: said so."""
-    return " and ".join(map(describe_kind, records)) or "a machine it did not record"
+    """Where a measurement of several parts ran (a study's trials), in words, each once (workers
+    differ in their thread counts, not in kind); none recorded: said so."""
+    return " and ".join(dict.fromkeys(map(describe_kind, records))) or "a machine it did not record"

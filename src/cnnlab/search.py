@@ -7,8 +7,9 @@ module that imports optuna.
 Every candidate is built and counted before any training: over ``search.param_budget`` it
 is shrunk to fit (``budget_mode: shrink``) or pruned at once (``reject``), costing no
 training time. When the entry's own model is of the searched family (E5's hand-designed net),
-it is the baseline, and a candidate that trains slower per image than it, timed here
-(cnnlab.training_cost), is pruned at once too: the winner must retrain in the baseline's time.
+it is the baseline, and a candidate that trains more than ``search.cost_cap`` times as slow per
+image as it, timed here (cnnlab.training_cost, which allows for the timing's noise), is pruned at
+once too: the winner must retrain in about the time the cap gives it.
 Trials train on a stratified subset for ``trial_epochs`` epochs, report validation accuracy
 per epoch to the pruner, and each is an MLflow child run of one parent run per study (parent
 id passed explicitly, so it works across processes). Workers that share the storage share the
@@ -45,7 +46,7 @@ from .retry import retried
 from .runtime import machine, project_root, resolve_runtime
 from .builder import build_model, resolve_model_kwargs
 from .train import TrainingDiverged, fit
-from .training_cost import relative_training_cost
+from .training_cost import TIMING_NOISE, cost_ceiling, relative_training_cost
 
 log = logging.getLogger(__name__)
 
@@ -431,8 +432,8 @@ class Objective:
         return result.best_val_accuracy
 
     def check_training_cost(self, trial: optuna.Trial, config: Config) -> None:
-        """Prune (OverBudget) a candidate that trains slower per image than the baseline, before
-        it trains; its relative cost is kept on the trial either way."""
+        """Prune (OverBudget) a candidate that trains more than ``search.cost_cap`` times as slow
+        per image as the baseline, before it trains; its relative cost is kept on the trial either way."""
         if self.baseline_kwargs is None:
             return
         runtime = resolve_runtime(config.train.device, config.train.precision)
@@ -440,8 +441,9 @@ class Objective:
                                       config.train.batch_size, runtime)
         trial.set_user_attr(COST_ATTR, round(cost, 3))
         cap = config.search.cost_cap
-        if cost > cap:
-            reason = f"over budget: trains {cost:.2f}x as slow per image as the baseline (cap {cap:g}x)"
+        if cost > cost_ceiling(cap):
+            reason = (f"over budget: trains {cost:.2f}x as slow per image as the baseline "
+                      f"(cap {cap:g}x, {cost_ceiling(cap):.2f}x with the timing's noise)")
             trial.set_user_attr("reason", reason)
             raise OverBudget(reason)
 
@@ -751,7 +753,8 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
 def write_summary(study: optuna.Study, path: Path, config: Config) -> dict[str, Any]:
     search = config.search
     baseline = baseline_model(config)
-    compute_budget = {"model": baseline.name, "kwargs": baseline.kwargs, "cost_cap": search.cost_cap} if baseline else None
+    compute_budget = {"model": baseline.name, "kwargs": baseline.kwargs, "cost_cap": search.cost_cap,
+                      "timing_noise": TIMING_NOISE} if baseline else None
     summary = {"study": search.study, "storage_study": study.study_name, "param_budget": search.param_budget,
                "compute_budget": compute_budget, "sampler": search.sampler,
                "startup_trials": search.startup_trials if search.sampler == "tpe" else None, "pruner": search.pruner, "trial_epochs": search.trial_epochs, "epoch_budget": search.epoch_budget,
