@@ -253,6 +253,17 @@ def test_a_study_s_identity_is_every_setting_its_trials_depend_on(search_config,
         assert study_name(search_config(setting)) == base, setting
 
 
+def test_the_timing_noise_a_compute_budget_allows_for_is_part_of_the_study_s_identity(search_config, monkeypatch):
+    """The allowance is code, not a setting, yet it decides which trials train: a study resumed
+    after it changed would mix trials pruned under two rules. Without a baseline it decides nothing."""
+    import cnnlab.search
+
+    budgeted = search_config("model.name=search_cnn", "model.kwargs={widths: [8, 8], convs_per_block: 1}")
+    before, unbudgeted = study_name(budgeted), study_name(search_config())
+    monkeypatch.setattr(cnnlab.search, "TIMING_NOISE", TIMING_NOISE * 2)
+    assert study_name(budgeted) != before and study_name(search_config()) == unbudgeted
+
+
 def test_trials_are_child_runs_of_one_parent(search_config, mnist_small, tracking_uri):
     config = search_config()
     study = run_search(config, mnist_small)

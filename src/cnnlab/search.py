@@ -282,10 +282,12 @@ IDENTITY_MARK = "@"  # e5_search@1a2b3c4d: search.study, then the digest of the 
 
 def study_identity(config: Config) -> dict[str, Any]:
     """Every setting the study's trials depend on: the search stage's declared params
-    (cnnlab.contract) but NOT_STUDY_IDENTITY, each section flattened to its values."""
+    (cnnlab.contract) but NOT_STUDY_IDENTITY, each section flattened to its values; under a
+    compute budget also the timing's noise it allows for, which decides which trials train."""
     flat = flatten(config.to_dict())
     keys = [k for k in stage("search").params() if k not in NOT_STUDY_IDENTITY]
-    return {name: value for name, value in flat.items() if any(name == k or name.startswith(k + ".") for k in keys)}
+    identity = {name: value for name, value in flat.items() if any(name == k or name.startswith(k + ".") for k in keys)}
+    return {**identity, "timing_noise": TIMING_NOISE} if baseline_model(config) else identity
 
 
 def study_name(config: Config) -> str:
