@@ -79,8 +79,9 @@ bench-e5-recipes: install
 	    --variant deep_sgd60 $(E5_SGD) "model.kwargs.widths=[16,32,56]" model.kwargs.blocks_per_stage=2 \
 	    --out bench/e5_recipes.json
 
-## bench-search-cost: each complete trial of E5's committed study, and the entry's own net itself, timed against that net,
-## as the search's compute budget does (a few minutes); writes bench/search_cost.json.
+## bench-search-cost: each complete trial of E5's committed study, and the entry's own net itself, timed
+## against that net as the search's compute budget does (minutes; longer without native bf16);
+## writes bench/search_cost.json.
 bench-search-cost: install
 	$(BIN)/python bench/search_cost.py --experiment e5_search --repeats 3 --out bench/search_cost.json
 

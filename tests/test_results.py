@@ -253,8 +253,9 @@ def test_the_cost_table_of_an_earlier_study_says_so(tmp_path):
 
 def test_the_budget_block_projects_the_entry_s_settings_from_the_committed_study_and_seeds(tmp_path):
     """The e5-budget block sums the search at its measured seconds per trial-epoch and the
-    winner's retraining at the seeds' seconds per epoch (at the compute cap plus the timing's noise), for the entry's
-    current settings, and says whether that fits the target and what epoch budget would."""
+    winner's retraining at the seeds' seconds per epoch (at the compute cap plus the timing's
+    noise), for the entry's current settings, and says whether that fits the target and what
+    epoch budget would."""
     from cnnlab.config import load_config
 
     for name in ("params.yaml", "catalogue.yaml"):

@@ -38,4 +38,3 @@ def test_the_noise_the_compute_budget_allows_for_covers_the_committed_measuremen
     assert bench["timing_noise"] == TIMING_NOISE  # a changed allowance needs the bench run again
     assert len(bench["self_costs"]) >= 5
     assert all(1 / cost_ceiling(1) <= cost <= cost_ceiling(1) for cost in bench["self_costs"])
-

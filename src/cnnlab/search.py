@@ -443,9 +443,10 @@ class Objective:
                                       config.train.batch_size, runtime)
         trial.set_user_attr(COST_ATTR, round(cost, 3))
         cap = config.search.cost_cap
-        if cost > cost_ceiling(cap):
+        ceiling = cost_ceiling(cap)
+        if cost > ceiling:
             reason = (f"over budget: trains {cost:.2f}x as slow per image as the baseline "
-                      f"(cap {cap:g}x, {cost_ceiling(cap):.2f}x with the timing's noise)")
+                      f"(cap {cap:g}x, {ceiling:.2f}x with the timing's noise)")
             trial.set_user_attr("reason", reason)
             raise OverBudget(reason)
 
