@@ -152,6 +152,32 @@ def training_trials(study: str, storage) -> list:
     return [t for t in running if "mlflow_run_id" in t.user_attrs]
 
 
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(storage_url, study_name):
+    # Optuna stores the trial RUNNING in ask and starts its heartbeat only after: a worker killed
+    # in between leaves a trial with no heartbeat, which Optuna's own stale check passes over
+    import warnings
+
+    from cnnlab.config import SearchConfig
+    from cnnlab.search import rdb_storage
+
+    storage = rdb_storage(storage_url, SearchConfig(heartbeat_seconds=1))
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ask outside optimize, on a heartbeat storage: Optuna warns
+        dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        alive = study.ask()
+        time.sleep(2.5)  # past the grace period (2 x 1 s)
+        storage.record_heartbeat(alive._trial_id)  # its worker is alive: its heartbeat is fresh
+        just_asked = study.ask()  # no heartbeat yet, but younger than the grace period
+        optuna.storages.fail_stale_trials(study)
+
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[dead.number] == "FAIL"
+    assert states[alive.number] == states[just_asked.number] == "RUNNING"
+    retried = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].state.name == "WAITING" and retried[0].params == dead.params
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_two_worker_search_stops_its_workers_and_ends_every_run(tmp_path, tracking_uri, datasets_dir):
     """What DVC or a job scheduler sends reaches the coordinator alone: it stops both workers,

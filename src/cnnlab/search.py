@@ -233,6 +233,35 @@ def heartbeat_api():
         yield
 
 
+class RDBStorageFailingUnstartedTrials(optuna.storages.RDBStorage):
+    """An RDB storage whose stale trials include those that never recorded a heartbeat.
+
+    Optuna's ``optimize`` stores a trial RUNNING in ``ask`` (which also samples, TPE's part
+    taking a while) and only then starts the trial's heartbeat; its stale-trial check compares
+    heartbeats and passes over a trial without one. So a worker killed in between left its
+    trial RUNNING for good (a kill -9 of the coordinator right after a trial ended did). Such a
+    trial is stale here once it is older than the grace period, and so is failed, and retried,
+    like any trial whose worker died; a live worker's trial has its heartbeat long before."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        from datetime import datetime, timedelta
+
+        from optuna.storages._rdb import models  # the heartbeat table: no public reader (Optuna pinned)
+
+        grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
+        session = self.scoped_session()
+        try:
+            never_beat = [(trial.trial_id, trial.datetime_start)  # local time, as datetime.now()
+                          for trial in session.query(models.TrialModel)
+                          .filter(models.TrialModel.study_id == study_id,
+                                  models.TrialModel.state == optuna.trial.TrialState.RUNNING,
+                                  ~models.TrialModel.heartbeats.any())]
+        finally:
+            session.close()
+        unstarted = [trial_id for trial_id, started in never_beat if started and datetime.now() - started > grace]
+        return super()._get_stale_trial_ids(study_id) + unstarted
+
+
 def rdb_storage(url: str, search: SearchConfig):
     """An RDB storage; the first one on an empty database creates the schema. Workers on several
     machines starting together race to create it: the loser's CREATE fails with a duplicate
@@ -241,7 +270,7 @@ def rdb_storage(url: str, search: SearchConfig):
 
     def open_storage():
         with heartbeat_api():
-            return optuna.storages.RDBStorage(
+            return RDBStorageFailingUnstartedTrials(
                 url, heartbeat_interval=search.heartbeat_seconds, grace_period=2 * search.heartbeat_seconds,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                     max_retry=search.max_retry),
