@@ -27,6 +27,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +245,6 @@ class RDBStorageFailingUnstartedTrials(optuna.storages.RDBStorage):
     like any trial whose worker died; a live worker's trial has its heartbeat long before."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        from datetime import datetime, timedelta
-
         from optuna.storages._rdb import models  # the heartbeat table: no public reader (Optuna pinned)
 
         grace = timedelta(seconds=self.grace_period or 2 * self.heartbeat_interval)
