@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-search-cost faults lint clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-e5-winners bench-search-cost faults clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,15 @@ bench-e5-recipes: install
 	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs --variant sgd60 $(E5_SGD) \
 	    --variant deep_sgd60 $(E5_SGD) "model.kwargs.widths=[16,32,56]" model.kwargs.blocks_per_stage=2 \
 	    --out bench/e5_recipes.json
+
+## bench-e5-winners: the winners of E5's TPE study and of its random-search control, each retrained as
+## retrain-best does but for 80 epochs instead of the entry's 60, at once (about 1.5 h); writes
+## bench/e5_winners.json: whether longer retraining takes the searched nets to E5's accuracy target. Idle machine.
+bench-e5-winners: install
+	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs \
+	    --winner tpe80 outputs/e5_search/search.json train.epochs=80 \
+	    --winner random80 outputs/e5_search_random/search.json train.epochs=80 \
+	    --out bench/e5_winners.json
 
 ## bench-search-cost: each complete trial of E5's committed study, and the entry's own net itself, timed
 ## against that net as the search's compute budget does (minutes; longer without native bf16);

@@ -2,15 +2,17 @@
 what that costs.
 
     CNNLAB_DATASETS=../shared/datasets python bench/e5_epochs.py --epochs 50 70 \
-        [--variant NAME SETTING...] [--experiment e5_search] [--out bench/e5_epochs.json]
+        [--variant NAME SETTING...] [--winner NAME SEARCH_JSON SETTING...] [--experiment e5_search] \
+        [--out bench/e5_epochs.json]
                                                                           # or: make bench-e5-epochs
 
 Issue #16 asks for >= 91% CIFAR-10 test accuracy (mean of 3 seeds, <= 150,000 parameters) with
 the search and the retraining together in <= 2.5 h on this 2-core CPU; the entry's own net and
 recipe score what its outputs/<entry>/seeds.json holds (quoted in the result). This trains the
 entry once per ``--epochs`` value (run ``epochs<E>``: only ``train.epochs`` replaced) and once per
-``--variant`` (run NAME: the entry with those ``-S`` settings, e.g. another optimizer or model),
-seed 0, all at once in processes of one thread each as `cnnlab seeds` runs seeds, with the real
+``--variant`` (run NAME: the entry with those ``-S`` settings, e.g. another optimizer or model)
+and once per ``--winner`` (run NAME: a study's winner as `cnnlab retrain-best` retrains it, then
+those settings, e.g. more epochs), seed 0, all at once in processes of one thread each as `cnnlab seeds` runs seeds, with the real
 commands (``cnnlab train`` then ``cnnlab evaluate``) on the whole training split in a scratch
 folder (once the shorter runs end, the longest trains alone). Per run it records the best
 validation accuracy (what a choice would use), the test accuracy (reported only), the training
@@ -50,6 +52,25 @@ def commands(config_args: list[str], name: str, run_settings: list[str], workdir
     return " && ".join(shlex.join(cli_command(step, settings)) for step in ("train", "evaluate"))
 
 
+def winner_settings(config_args: list[str], config, search_json: Path) -> tuple[list[str], int]:
+    """The ``-S`` settings that make the entry a study's winner, as `cnnlab retrain-best` makes it
+    (winner_config: the winner's net and searched recipe on the entry's training), and the winner's
+    trial number; checked against winner_config, so the two cannot drift apart."""
+    from cnnlab.selection import search_winner
+    from cnnlab.stages.search import winner_config  # the stages' imports: only when a winner is asked for
+
+    best = search_winner(json.loads(search_json.read_text()))
+    recipe = {key: value for key, value in best["training"].items() if key != "augment"}
+    settings = ["model.name=search_cnn", "model.kwargs=" + json.dumps(best["model_kwargs"]),
+                *(f"train.{key}={json.dumps(value)}" for key, value in recipe.items()),
+                *(f"train.augment.{key}={json.dumps(value)}" for key, value in best["training"].get("augment", {}).items())]
+    expected = winner_config(config, best)
+    loaded = load_config(ROOT / "params.yaml", [*config_args, *settings, f"run={expected.run}"])
+    if (loaded.model, loaded.train) != (expected.model, expected.train):
+        raise ConfigError(f"the settings made of {search_json}'s winner train another net or recipe than retrain-best")
+    return settings, best["number"]
+
+
 def seeds_epochs(config) -> int:
     """The epochs the entry's committed seeds trained, from the first seed's own config.yaml: the
     entry may have changed its epochs since they ran."""
@@ -63,6 +84,9 @@ def main() -> int:
                         help="entry runs of these lengths, named epochs<E>")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "SETTING"),
                         help="a run named NAME: the entry with these -S settings (repeatable)")
+    parser.add_argument("--winner", nargs="+", action="append", default=[], metavar=("NAME", "SEARCH_JSON"),
+                        help="a run named NAME: the winner of that search.json as retrain-best trains it, "
+                             "then these -S settings (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "e5_epochs.json"))
     args = parser.parse_args()
     entry = entry_settings(args.experiment)
@@ -71,10 +95,15 @@ def main() -> int:
     config_args, config = entry
     runs_settings = {f"epochs{epochs}": [f"train.epochs={epochs}"] for epochs in args.epochs}
     runs_settings.update({name: settings for name, *settings in args.variant})
+    winners = {}  # run name: the study's winner it starts from, and the settings on top of that winner
     try:  # a bad setting stops here, before anything trains
-        run_configs = {name: load_config(ROOT / "params.yaml", config_args + settings)
+        for name, search_json, *settings in args.winner:
+            start, trial = winner_settings(config_args, config, Path(search_json))
+            runs_settings[name] = [*start, *settings]
+            winners[name] = ({"search": search_json, "trial": trial}, settings)
+        run_configs = {name: load_config(ROOT / "params.yaml", [*config_args, *settings, f"run={name}"])
                        for name, settings in runs_settings.items()}
-    except ConfigError as error:
+    except (ConfigError, OSError) as error:  # OSError: no such search.json
         print(f"bad run setting: {error}", file=sys.stderr)
         return 2
     committed = RunFiles.of(config).seeds
@@ -100,7 +129,9 @@ def main() -> int:
             seconds_per_epoch = train["wall_seconds"] / epochs
             seeds_hours = math.ceil(SEEDS / AT_ONCE) * epochs * seconds_per_epoch / 3600
             runs.append({
-                "run": name, "settings": runs_settings[name], "model": run_configs[name].model.name,
+                "run": name, "winner": winners[name][0] if name in winners else None,
+                "settings": winners[name][1] if name in winners else runs_settings[name],
+                "model": run_configs[name].model.name,
                 "model_kwargs": run_configs[name].model.kwargs, "epochs": epochs, "best_val_accuracy": train["best_val_accuracy"], "best_epoch": train["best_epoch"],
                 "test_accuracy": evaluation["test_accuracy"],
                 "test_accuracy_without_tta": evaluation.get("test_accuracy_without_tta"),

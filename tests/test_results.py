@@ -1,5 +1,6 @@
 """The figures in README.md and docs/RESULTS.md come from committed files (`cnnlab results`)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -147,6 +148,68 @@ def test_the_e5_recipes_bench_refuses_a_bad_setting_before_it_trains(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "bad run setting" in proc.stderr and "train.optimizer" in proc.stderr and "lbfgs" in proc.stderr
     assert not out.exists()
+
+
+def test_the_e5_winners_bench_starts_each_run_from_the_winner_retrain_best_trains(monkeypatch):
+    """The bench's settings for a study's winner make the same net and recipe as retrain-best's
+    winner_config, so a longer run of it measures that winner and not a near copy."""
+    from cnnlab.config import load_config
+    from cnnlab.stages.search import winner_config
+
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))
+    from e5_epochs import winner_settings
+
+    entry = ["experiment=e5_search", "data.datasets_dir=unused"]
+    config = load_config(PROJECT_ROOT / "params.yaml", entry)
+    for study in ("e5_search", "e5_search_random"):
+        search_json = PROJECT_ROOT / "outputs" / study / "search.json"
+        settings, trial = winner_settings(entry, config, search_json)
+        best = search_winner(json.loads(search_json.read_text()))
+        loaded = load_config(PROJECT_ROOT / "params.yaml", [*entry, *settings, "run=x", "train.epochs=80"])
+        expected = winner_config(config, best)
+        assert trial == best["number"] and loaded.model == expected.model
+        assert loaded.train == dataclasses.replace(expected.train, epochs=80)
+        assert loaded.train != config.train  # the winner's recipe, not the entry's
+
+
+def test_the_e5_winners_bench_refuses_a_missing_study_before_it_trains(tmp_path):
+    out = tmp_path / "winners.json"
+    env = {**os.environ, "CNNLAB_DATASETS": str(tmp_path)}  # never read: nothing trains
+    proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "e5_epochs.py"), "--epochs", "--winner", "w",
+                           str(tmp_path / "no_study" / "search.json"), "train.epochs=2", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "bad run setting" in proc.stderr and "no_study" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def winners_bench_root(root: Path, seeds: list[int]) -> dict:
+    """A bench/e5_winners.json of one run from the committed TPE study's winner, and that winner's
+    retrained seeds (``seeds``) with seed k at validation 0.80 + k/100 and test 0.70 + k/100."""
+    search = json.loads((PROJECT_ROOT / "outputs/e5_search/search.json").read_text())
+    for folder in ("outputs/e5_search", "outputs/e5_search_winner/seed0", "bench"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "outputs/e5_search/search.json", root / "outputs/e5_search")
+    shutil.copy(PROJECT_ROOT / "outputs/e5_search_winner/seed0/config.yaml", root / "outputs/e5_search_winner/seed0")
+    runs = [{"seed": k, "best_val_accuracy": 0.80 + k / 100, "test_accuracy": 0.70 + k / 100} for k in seeds]
+    (root / "outputs/e5_search_winner/seeds.json").write_text(json.dumps({"runs": runs}))
+    bench = json.loads((PROJECT_ROOT / "bench/e5_recipes.json").read_text())
+    run = {**bench["runs"][0], "run": "tpe80", "settings": ["train.epochs=80"],
+           "winner": {"search": "outputs/e5_search/search.json", "trial": search_winner(search)["number"]}}
+    (root / "bench/e5_winners.json").write_text(json.dumps({**bench, "runs": [run]}))
+    return run
+
+
+def test_the_e5_winners_block_sets_each_run_beside_the_same_seed_of_its_retraining(tmp_path):
+    run = winners_bench_root(tmp_path, seeds=[2, 0, 1])
+    epochs = yaml.safe_load((PROJECT_ROOT / "outputs/e5_search_winner/seed0/config.yaml").read_text())["train"]["epochs"]
+    block = regenerate("<!-- results:e5-winners -->\n<!-- /results:e5-winners -->\n", tmp_path)
+    assert f"trial {run['winner']['trial']} of `outputs/e5_search/search.json`" in block
+    assert f"80.00% / 70.00% ({epochs} epochs)" in block and "82.00%" not in block  # seed 0, not the first listed
+    assert "`outputs/e5_search_winner/seeds.json`" in block and "`train.epochs=80`" in block
+    winners_bench_root(tmp_path / "without_seed0", seeds=[1, 2])
+    with pytest.raises(ResultsError, match="has no seed 0"):
+        regenerate("<!-- results:e5-winners -->\n<!-- /results:e5-winners -->\n", tmp_path / "without_seed0")
 
 
 CPU_A = {"cpu": "CPU A", "cores_available": 2, "bf16_flags": ["avx512_bf16"], "cuda": "", "torch": "2.14.1"}

@@ -319,25 +319,69 @@ def e5_cost(root: Path) -> str:
 
 
 E5_RECIPES = "bench/e5_recipes.json"  # `make bench-e5-recipes`
+E5_WINNERS = "bench/e5_winners.json"  # `make bench-e5-winners`
+E5_BENCH_SEED = 0  # the seed bench/e5_epochs.py trains (its workload's "recipe" says so)
+
+
+def _e5_bench_head(result: dict[str, Any], own: str) -> str:
+    """How and where a bench/e5_epochs.py file's runs trained."""
+    load = result["load_average_1min"]
+    machine = {**result["machine"], "torch_threads": result["workload"]["threads_per_process"]}  # not the bench's own
+    return (f"Seed {E5_BENCH_SEED} of each, {result['workload']['processes_at_once']} trained at once, on "
+            f"{_machine(machine)} (1-minute load average {load['before']:.1f} before, {load['after']:.1f} after), "
+            f"measured {result['measured_at'][:10]}; a choice reads the validation column, test is reported.{own}\n\n")
+
+
+def _e5_bench_columns(run: dict[str, Any]) -> tuple[str, ...]:
+    return (f"{run['total_parameters']:,d}", pct(run["best_val_accuracy"]), pct(run["test_accuracy"]),
+            f"{run['seconds_per_epoch']:.0f} s", f"{run['projected_hours_for_3_seeds']:.2f} h")
+
+
+def _e5_bench_header(result: dict[str, Any]) -> tuple[str, ...]:
+    return ("parameters", "best validation", "test", f"per epoch ({result['workload']['processes_at_once']} at once)",
+            "3 seeds at this speed")
+
+
+def _settings(settings: list[str]) -> str:
+    return " ".join(f"`{setting}`" for setting in settings)
 
 
 def e5_recipes(root: Path) -> str:
     result = _load(root, E5_RECIPES)
-    load = result["load_average_1min"]
     entry = result["entry_seeds"]
     own = ("" if entry is None else
            f" The entry's own recipe: {pct(entry['test_accuracy_mean'])} ± {100 * entry['test_accuracy_std']:.2f} "
            f"test accuracy over 3 seeds of {entry['epochs']} epochs (`{entry['source']}`).")
-    at_once = result["workload"]["processes_at_once"]
-    machine = {**result["machine"], "torch_threads": result["workload"]["threads_per_process"]}  # not the bench's own
-    head = (f"Seed 0 of each, {at_once} trained at once, on {_machine(machine)} ("
-            f"1-minute load average {load['before']:.1f} before, {load['after']:.1f} after), measured "
-            f"{result['measured_at'][:10]}; a choice reads the validation column, test is reported.{own}\n\n")
-    rows = [(f"`{r['run']}`", " ".join(f"`{setting}`" for setting in r["settings"]), f"{r['total_parameters']:,d}",
-             pct(r["best_val_accuracy"]), pct(r["test_accuracy"]), f"{r['seconds_per_epoch']:.0f} s",
-             f"{r['projected_hours_for_3_seeds']:.2f} h") for r in result["runs"]]
-    return head + _table(("run", "settings on top of the entry", "parameters", "best validation", "test",
-                          f"per epoch ({at_once} at once)", "3 seeds at this speed"), rows) + _sources(E5_RECIPES)
+    rows = [(f"`{r['run']}`", _settings(r["settings"]), *_e5_bench_columns(r)) for r in result["runs"]]
+    return (_e5_bench_head(result, own) + _table(("run", "settings on top of the entry", *_e5_bench_header(result)), rows)
+            + _sources(E5_RECIPES))
+
+
+def e5_winners(root: Path) -> str:
+    """Each study's winner trained longer, beside the same seed of its retraining under the entry's
+    epochs (from that study's retrained seeds)."""
+    from .config import read_run_config
+    from .contract import seed_run, winner_name
+
+    result = _load(root, E5_WINNERS)
+    rows, sources = [], [E5_WINNERS]
+    for run in result["runs"]:
+        study = _load(root, run["winner"]["search"])["study"]
+        seeds_file = f"outputs/{winner_name(study)}/seeds.json"
+        seed_config = f"outputs/{seed_run(winner_name(study), E5_BENCH_SEED)}/config.yaml"
+        same_seed = next((s for s in _load(root, seeds_file)["runs"] if s["seed"] == E5_BENCH_SEED), None)
+        if same_seed is None:
+            raise ResultsError(f"{seeds_file} has no seed {E5_BENCH_SEED} to set beside {E5_WINNERS}'s run "
+                               f"{run['run']}: retrain the winner with it, or remove the e5-winners block")
+        retrained_epochs = read_run_config(root / seed_config).train.epochs
+        rows.append((f"`{run['run']}`", f"trial {run['winner']['trial']} of `{run['winner']['search']}`",
+                     _settings(run["settings"]), *_e5_bench_columns(run),
+                     f"{pct(same_seed['best_val_accuracy'])} / {pct(same_seed['test_accuracy'])} "
+                     f"({retrained_epochs} epochs)"))
+        sources += [run["winner"]["search"], seeds_file, seed_config]
+    header = ("run", "the winner of", "settings on top of the winner", *_e5_bench_header(result),
+              f"seed {E5_BENCH_SEED} of its retraining: validation / test")
+    return _e5_bench_head(result, "") + _table(header, rows) + _sources(*sources)
 
 
 E5_ENTRY = "e5_search"
@@ -538,7 +582,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "e1": e1, "e1-headline": e1_headline, "e1-fast": e1_fast, "e1-fast-headline": e1_fast_headline, "bench": bench, "bench-headline": bench_headline,
-    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e8": e8, "faults": faults, "catalogue": catalogue,
+    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e5-winners": e5_winners, "e8": e8, "faults": faults, "catalogue": catalogue,
 }
 
 
