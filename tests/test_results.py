@@ -192,9 +192,9 @@ def winners_bench_root(root: Path, seeds: list[int]) -> dict:
     shutil.copy(PROJECT_ROOT / "outputs/e5_search/search.json", root / "outputs/e5_search")
     shutil.copy(PROJECT_ROOT / "outputs/e5_search_winner/seed0/config.yaml", root / "outputs/e5_search_winner/seed0")
     runs = [{"seed": k, "best_val_accuracy": 0.80 + k / 100, "test_accuracy": 0.70 + k / 100} for k in seeds]
-    (root / "outputs/e5_search_winner/seeds.json").write_text(json.dumps({"runs": runs}))
+    (root / "outputs/e5_search_winner/seeds.json").write_text(json.dumps({"runs": runs, "total_parameters": 143522}))
     bench = json.loads((PROJECT_ROOT / "bench/e5_recipes.json").read_text())
-    run = {**bench["runs"][0], "run": "tpe80", "settings": ["train.epochs=80"],
+    run = {**bench["runs"][0], "run": "tpe80", "settings": ["train.epochs=80"], "total_parameters": 143522,
            "winner": {"search": "outputs/e5_search/search.json", "trial": search_winner(search)["number"]}}
     (root / "bench/e5_winners.json").write_text(json.dumps({**bench, "runs": [run]}))
     return run
@@ -207,6 +207,10 @@ def test_the_e5_winners_block_sets_each_run_beside_the_same_seed_of_its_retraini
     assert f"trial {run['winner']['trial']} of `outputs/e5_search/search.json`" in block
     assert f"80.00% / 70.00% ({epochs} epochs)" in block and "82.00%" not in block  # seed 0, not the first listed
     assert "`outputs/e5_search_winner/seeds.json`" in block and "`train.epochs=80`" in block
+    seeds_file = tmp_path / "outputs/e5_search_winner/seeds.json"
+    seeds_file.write_text(json.dumps({**json.loads(seeds_file.read_text()), "total_parameters": 99000}))
+    rerun = regenerate("<!-- results:e5-winners -->\n<!-- /results:e5-winners -->\n", tmp_path)
+    assert "80.00% / 70.00%" not in rerun and "another net's (99,000 parameters): the study re-ran since" in rerun
     winners_bench_root(tmp_path / "without_seed0", seeds=[1, 2])
     with pytest.raises(ResultsError, match="has no seed 0"):
         regenerate("<!-- results:e5-winners -->\n<!-- /results:e5-winners -->\n", tmp_path / "without_seed0")

@@ -369,15 +369,19 @@ def e5_winners(root: Path) -> str:
         study = _load(root, run["winner"]["search"])["study"]
         seeds_file = f"outputs/{winner_name(study)}/seeds.json"
         seed_config = f"outputs/{seed_run(winner_name(study), E5_BENCH_SEED)}/config.yaml"
-        same_seed = next((s for s in _load(root, seeds_file)["runs"] if s["seed"] == E5_BENCH_SEED), None)
+        seeds = _load(root, seeds_file)
+        same_seed = next((s for s in seeds["runs"] if s["seed"] == E5_BENCH_SEED), None)
         if same_seed is None:
             raise ResultsError(f"{seeds_file} has no seed {E5_BENCH_SEED} to set beside {E5_WINNERS}'s run "
                                f"{run['run']}: retrain the winner with it, or remove the e5-winners block")
-        retrained_epochs = read_run_config(root / seed_config).train.epochs
+        if retrained_parameters(seeds) != run["total_parameters"]:  # the study re-ran since the bench
+            beside = (f"another net's ({retrained_parameters(seeds):,d} parameters): the study re-ran since; "
+                      "`make bench-e5-winners` again")
+        else:
+            beside = (f"{pct(same_seed['best_val_accuracy'])} / {pct(same_seed['test_accuracy'])} "
+                      f"({read_run_config(root / seed_config).train.epochs} epochs)")
         rows.append((f"`{run['run']}`", f"trial {run['winner']['trial']} of `{run['winner']['search']}`",
-                     _settings(run["settings"]), *_e5_bench_columns(run),
-                     f"{pct(same_seed['best_val_accuracy'])} / {pct(same_seed['test_accuracy'])} "
-                     f"({retrained_epochs} epochs)"))
+                     _settings(run["settings"]), *_e5_bench_columns(run), beside))
         sources += [run["winner"]["search"], seeds_file, seed_config]
     header = ("run", "the winner of", "settings on top of the winner", *_e5_bench_header(result),
               f"seed {E5_BENCH_SEED} of its retraining: validation / test")
