@@ -255,6 +255,37 @@ def test_the_e5_comparison_block_states_each_target_as_met_or_not(tmp_path):
     assert missed.count("**not met**") == 3  # below 91%, over the hours, under the +0.5 pp gain
 
 
+def test_the_e5_block_states_the_seeds_mean_test_accuracy_against_the_target(tmp_path):
+    """The retrained winner's mean test accuracy is measured against the issue's target in the e5
+    block itself, since the comparison may still be an earlier study's."""
+    committed_e5_with_its_winner_retrained(tmp_path)
+    doc = "<!-- results:e5 -->\n<!-- /results:e5 -->\n"
+    seeds = json.loads((tmp_path / "outputs/e5_search_winner/seeds.json").read_text())
+    for test, verdict in ((0.9120, "met"), (0.9080, "**not met**")):
+        for offset, run in zip((-0.001, 0.0, 0.001), seeds["runs"]):
+            path = tmp_path / f"outputs/e5_search_winner/seed{run['seed']}/eval.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "test_accuracy": test + offset}))
+        text = regenerate(doc, tmp_path)
+        assert f"Mean over the seeds: {100 * test:.2f} ± 0.10% (n=3) test against the target of >= 91.0%: {verdict}." in text
+
+
+def test_a_comparison_of_an_earlier_study_says_so(tmp_path):
+    """search-compare copies the study's retrained winner into its arm; once retrain-best has run
+    again, the comparison names itself an earlier study's and its verdicts that study's."""
+    doc = "<!-- results:e5-comparison -->\n<!-- /results:e5-comparison -->\n"
+    comparison_file(tmp_path, tpe_test=0.9150, hand_test=0.9050, hours=2.0)
+    winner_path = tmp_path / "outputs/e5_search_winner/seeds.json"
+    winner_path.parent.mkdir(parents=True)
+    winner_path.write_text(json.dumps({"total_parameters": 140_000, "test_accuracy_mean": 0.9150}))
+    same = regenerate(doc, tmp_path)
+    assert "earlier study" not in same and "Targets for `tpe`: " in same
+    winner_path.write_text(json.dumps({"total_parameters": 137_050, "test_accuracy_mean": 0.9120}))
+    earlier = regenerate(doc, tmp_path)
+    assert ("**An earlier study's comparison**: its `tpe` winner (140,000 parameters, 91.50% test) is not the one "
+            "`outputs/e5_search_winner/seeds.json` holds now (137,050 parameters, 91.20% test)") in earlier
+    assert "Targets for `tpe` in that study: " in earlier and "search_compare-e5_search" in earlier
+
+
 def test_a_search_and_retraining_on_two_machines_is_no_wall_time(tmp_path):
     """search-compare leaves the hours out when an arm's search and retraining ran on different
     kinds of machine; the docs then call the target not measured, never met, and say how to measure it."""
