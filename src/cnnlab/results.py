@@ -229,11 +229,11 @@ def e5(root: Path) -> str:
     if seeds is None:
         return "\n".join([summary, "", f"The winner is not retrained yet: {E5_NOT_RETRAINED}. "
                            + _sources(E5_SEARCH)])
-    seed_rows, evaluations = [], []
+    seed_rows, tests = [], []
     for run in seeds["runs"]:
         folder = f"outputs/e5_search_winner/seed{run['seed']}"
         evaluation, train = _load(root, f"{folder}/eval.json"), _load(root, f"{folder}/train_metrics.json")
-        evaluations.append(evaluation)
+        tests.append(evaluation["test_accuracy"])
         seed_rows.append((str(run["seed"]), pct(train["best_val_accuracy"]), pct(evaluation["test_accuracy"]),
                           pct(evaluation["test_accuracy_without_tta"]), f"{train['wall_seconds']:.0f} s"))
     registered = _load(root, "outputs/e5_search_winner/seed{}/registered.json".format(
@@ -246,9 +246,8 @@ def e5(root: Path) -> str:
               f"{describe_kind(seeds['machine'])}, "
               + (f"{total / 3600:.2f} h in all against the target of {E5_TARGETS['hours']} h." if total is not None else
                  f"not one machine's time, so not measured against the target of {E5_TARGETS['hours']} h."))
-    mean_test = statistics.mean(e["test_accuracy"] for e in evaluations)
-    accuracy = (f"Mean over the seeds: {mean_std([e['test_accuracy'] for e in evaluations])} test against the target "
-                f"of >= {pct(E5_TARGETS['test_accuracy'], 1)}: " + _verdict(mean_test >= E5_TARGETS["test_accuracy"]) + ".")
+    accuracy = (f"Mean over the seeds: {mean_std(tests)} test against the target of >= "
+                f"{pct(E5_TARGETS['test_accuracy'], 1)}: " + _verdict(statistics.mean(tests) >= E5_TARGETS["test_accuracy"]) + ".")
     lines = [
         summary, "", timing, "",
         _table(("seed", "best validation", "test (flip TTA)", "test without TTA", "training"), seed_rows).rstrip("\n"),
