@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-e5-winners bench-search-cost faults clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-e5-winners bench-search-cost bench-cost-noise faults clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,11 @@ bench-e5-winners: install
 ## writes bench/search_cost.json.
 bench-search-cost: install
 	$(BIN)/python bench/search_cost.py --experiment e5_search --repeats 3 --out bench/search_cost.json
+
+## bench-cost-noise: the compute budget's timing beside a process training as a second search worker
+## does, the current way and the way before it (minutes); writes bench/cost_noise.json.
+bench-cost-noise: install
+	$(BIN)/python bench/cost_noise.py --experiment e5_search --repeats 16 --out bench/cost_noise.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")

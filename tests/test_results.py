@@ -387,3 +387,28 @@ def test_the_budget_block_projects_the_entry_s_settings_from_the_committed_study
     over = project(20.0, slow, CPU_B)
     assert "**does not fit**" in over and "not known to have run on one kind of machine" in over
     assert f"in proportion too: {cap * 9000 / (20 * budget + epochs * slow * cost_ceiling(cap)):.2f}x" in over  # below the cap
+
+
+def test_the_cost_noise_block_sets_each_timing_way_beside_the_quiet_reading(tmp_path):
+    """bench/cost_noise.json (`make bench-cost-noise`): per net, each way's range and median of
+    readings beside a search worker, and how many lay beyond the allowance from that median."""
+    doc = "<!-- results:e5-cost-noise -->\n<!-- /results:e5-cost-noise -->\n"
+    scattered = {"readings": [0.8, 1.0, 1.3], "median": 1.0, "min": 0.8, "max": 1.3, "median_over_quiet": 1.0,
+                 "scatter": 0.3, "beyond_timing_noise": 2}
+    calm = {"readings": [0.99, 1.01, 1.02], "median": 1.01, "min": 0.99, "max": 1.02, "median_over_quiet": 1.01,
+            "scatter": 0.02, "beyond_timing_noise": 0}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/cost_noise.json").write_text(json.dumps({
+        "source": "outputs/e5_search/search.json", "candidate": {"trial": 19, "kwargs": {"blocks_per_stage": 3, "widths": [12, 24, 44]}},
+        "batch_size": 32,
+        "repeats": 3, "timing_noise": TIMING_NOISE, "quiet": {"baseline_against_itself": 1.0},
+        "load": {"train_seconds": 6.0, "evaluate_seconds": 1.5, "pause_seconds": 0.5, "threads": 1},
+        "nets": {"baseline_against_itself": {"every_core": scattered, "one_thread": calm}},
+        "runtime": "cpu, fp32, contiguous", "machine": {"cpu": "AMD EPYC"}, "measured": "2026-12-06T05:30:00"}))
+    block = regenerate(doc, tmp_path)
+    row = next(line for line in block.splitlines() if line.startswith("| the hand-designed net against itself"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "1.000x"
+    assert cells[2] == "0.800x to 1.300x, median 1.000x; 2 of 3 beyond 10%"
+    assert cells[3] == "0.990x to 1.020x, median 1.010x; 0 of 3 beyond 10%"
+    assert "Source: `bench/cost_noise.json`." in block

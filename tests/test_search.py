@@ -392,6 +392,8 @@ def test_two_worker_processes_share_the_study_on_one_machine(search_config, mnis
     runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {study.user_attrs[PARENT_RUN_ATTR]}
     assert {r.data.params["train.threads"] for r in runs} == {"1"}  # the 2 threads split over 2 workers
+    # from each worker's first trial on, its compute-budget timing included (it runs before fit)
+    assert {t.user_attrs["machine"]["torch_threads"] for t in trials} == {1}
 
 
 def test_workers_without_prepared_data_fail_before_anything_starts(search_config, tmp_path):

@@ -317,8 +317,41 @@ def e5_cost(root: Path) -> str:
     winner_kept = any(t["winner"] for t in kept)
     within = (f"Under the budget, {len(kept)} of these {len(result['trials'])} trials would have trained, "
               f"{'the winner among them' if winner_kept else 'the winner not among them'}. ")
-    return head + _table(("trial", "blocks", "widths", "parameters", "validation (search)", "training time per image",
+    return head + _table(("trial", "block style", "widths", "parameters", "validation (search)", "training time per image",
                           "within the compute budget"), rows) + within + _sources(E5_COST)
+
+
+E5_COST_NOISE = "bench/cost_noise.json"  # `make bench-cost-noise`
+TIMING_WAYS = {"every_core": "on every core (a worker before its first trial trained)",
+               "one_thread": "on the worker's one thread (since)"}
+
+
+def e5_cost_noise(root: Path) -> str:
+    """How far the compute budget's timing strays beside a second search worker, on every core and
+    on one thread."""
+    result = _load(root, E5_COST_NOISE)
+    load = result["load"]
+    noise = pct(result["timing_noise"], 0)
+    head = (f"Beside a process training as a search worker does ({load['train_seconds']:g} s of training steps, "
+            f"{load['evaluate_seconds']:g} s of evaluation, a {load['pause_seconds']:g} s pause, in turn, on one thread), "
+            f"on {result['machine']['cpu']} ({result['runtime']}), batches of {result['batch_size']}, "
+            f"{result['repeats']} timings each way, the ways in turn; measured {result['measured'][:10]}. Each cell: the "
+            f"readings' range and median, and how many lay more than the timing's noise allowed for ({noise}) "
+            f"from that median.\n\n")
+    candidate = result["candidate"]
+    shape = candidate["kwargs"]
+    # by its shape: the study in the source file may have re-run since, its trial numbers another net's
+    names = {"baseline_against_itself": "the hand-designed net against itself",
+             f"trial_{candidate['trial']}_against_baseline":
+                 f"a net of {shape['blocks_per_stage']} blocks per stage, widths {'/'.join(map(str, shape['widths']))} "
+                 f"(trial {candidate['trial']} of the study `{result['source']}` held then), against it"}
+    rows = [(names[name], f"{result['quiet'][name]:.3f}x",
+             *(f"{spread['min']:.3f}x to {spread['max']:.3f}x, median {spread['median']:.3f}x; "
+               f"{spread['beyond_timing_noise']} of {len(spread['readings'])} beyond {noise}"
+               for spread in (by_way[way] for way in TIMING_WAYS)))
+            for name, by_way in result["nets"].items()]
+    return (head + _table(("timed", "on one thread, nothing beside it", *TIMING_WAYS.values()), rows)
+            + _sources(E5_COST_NOISE))
 
 
 E5_RECIPES = "bench/e5_recipes.json"  # `make bench-e5-recipes`
@@ -606,7 +639,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "e1": e1, "e1-headline": e1_headline, "e1-fast": e1_fast, "e1-fast-headline": e1_fast_headline, "bench": bench, "bench-headline": bench_headline,
-    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e5-winners": e5_winners, "e8": e8, "faults": faults, "catalogue": catalogue,
+    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-cost-noise": e5_cost_noise, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e5-winners": e5_winners, "e8": e8, "faults": faults, "catalogue": catalogue,
 }
 
 

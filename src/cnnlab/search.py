@@ -44,7 +44,7 @@ from .hashing import content_sha256
 from .lifecycle import FAILURE_TAG, interruption_behind, owner_tags
 from .models.searchable import count_for, fit_to_budget
 from .retry import retried
-from .runtime import machine, project_root, resolve_runtime
+from .runtime import machine, project_root, resolve_runtime, set_threads
 from .builder import build_model, resolve_model_kwargs
 from .train import TrainingDiverged, fit
 from .training_cost import TIMING_NOISE, cost_ceiling, relative_training_cost
@@ -586,6 +586,11 @@ class StudyBudget:
 def run_search(config: Config, data: PreparedData, worker: int = 0) -> optuna.Study:
     """Run (or resume) the study until ``n_trials`` trials have finished across all workers."""
     search = config.search
+    # This process's share of the cores before its first trial, not only once a trial trains:
+    # a worker still on every core timed its candidates against the baseline oversubscribed
+    # (the first trials of the last E5 study, the hand-designed shape read 0.82x of itself),
+    # and recorded a thread count its trials did not train with.
+    set_threads(config.train.threads)
     study, created = open_or_create_study(config, worker)
     enqueue_candidates(study, search)
     parent_run_id = ensure_parent_run(study, config, created)
