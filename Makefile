@@ -80,7 +80,7 @@ bench-e5-recipes: install
 	    --out bench/e5_recipes.json
 
 ## bench-e5-winners: the winners of E5's TPE study and of its random-search control, each retrained as
-## retrain-best does but for 80 epochs instead of the entry's 60, at once (about 1.5 h); writes
+## retrain-best does but for 80 epochs (the entry's were 60 when it last ran), at once (about 1.5 h); writes
 ## bench/e5_winners.json: whether longer retraining takes the searched nets to E5's accuracy target. Idle machine.
 bench-e5-winners: install
 	$(BIN)/python bench/e5_epochs.py --experiment e5_search --epochs \

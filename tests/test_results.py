@@ -354,8 +354,8 @@ def test_the_cost_table_of_an_earlier_study_says_so(tmp_path):
 def test_the_budget_block_projects_the_entry_s_settings_from_the_committed_study_and_seeds(tmp_path):
     """The e5-budget block sums the search at its measured seconds per trial-epoch and the
     winner's retraining at the seeds' seconds per epoch (at the compute cap plus the timing's
-    noise), for the entry's current settings, and says whether that fits the target and what
-    epoch budget would."""
+    noise), for the entry's current settings, and says whether that fits the target, what epoch
+    budget would, and how many retraining epochs would beside the search."""
     from cnnlab.config import load_config
 
     for name in ("params.yaml", "catalogue.yaml"):
@@ -380,6 +380,8 @@ def test_the_budget_block_projects_the_entry_s_settings_from_the_committed_study
     assert f"the search {budget} × 20.0 s = {20 * budget:,.0f} s" in fitting
     assert f"{epochs} × 50.0 s × {cost_ceiling(cap):.2f} (the cap with the timing's noise) = {retraining:,.0f} s" in fitting
     assert f"fits. The largest epoch budget that fits beside this retraining: {int((9000 - retraining) // 20)}" in fitting
+    most_epochs = int((9000 - 20 * budget) // (50.0 * cost_ceiling(cap)))
+    assert f"the most retraining epochs that fit beside this search: {most_epochs}." in fitting
     largest_cap = cap * 9000 / (20 * budget + retraining)
     assert f"were the search to slow in proportion too: {largest_cap:.2f}x." in fitting
     assert "Note:" not in fitting

@@ -447,6 +447,7 @@ def e5_budget(root: Path) -> str:
     ceiling = cost_ceiling(cap)  # a winner may time at the cap plus the timing's noise
     searching, retraining = budget * per_trial_epoch, epochs * per_retrain_epoch * ceiling
     largest = int((target - retraining) // per_trial_epoch)
+    most_epochs = int((target - searching) // (per_retrain_epoch * ceiling))  # what a protocol could retrain
     # a higher cap admits slower candidates, so the search slows with it too: scaling both errs short
     largest_cap = cap * target / (searching + retraining)
     searched = search.get("machines") or []  # none in a study from before trials recorded theirs
@@ -465,7 +466,8 @@ def e5_budget(root: Path) -> str:
             f"{hand['wall_seconds_total']:,.0f} s over {hand_epochs} epochs, on {describe_kind(hand['machine'])}), "
             f"{(searching + retraining) / 3600:.2f} h in all: "
             + ("fits" if searching + retraining <= target else "**does not fit**")
-            + f". The largest epoch budget that fits beside this retraining: {largest} trial-epochs. "
+            + f". The largest epoch budget that fits beside this retraining: {largest} trial-epochs; the most "
+            f"retraining epochs that fit beside this search: {most_epochs}. "
             f"The largest compute cap that fits at this epoch budget, were the search to slow in proportion "
             f"too: {largest_cap:.2f}x."
             + "".join(f" Note: {c}." for c in caveats) + "\n\n" + _sources(E5_SEARCH, E5_HAND_DESIGNED, E5_HAND_SEED_CONFIG,
