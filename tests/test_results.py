@@ -403,9 +403,10 @@ def test_the_cost_noise_block_sets_each_timing_way_beside_the_quiet_reading(tmp_
     (tmp_path / "bench/cost_noise.json").write_text(json.dumps({
         "source": "outputs/e5_search/search.json", "candidate": {"trial": 19, "kwargs": {"blocks_per_stage": 3, "widths": [12, 24, 44]}},
         "batch_size": 32,
-        "repeats": 3, "timing_noise": TIMING_NOISE, "quiet": {"baseline_against_itself": 1.0},
+        "repeats": 3, "timing_noise": TIMING_NOISE, "quiet": {"baseline_against_itself": 1.0, "trial_19": 1.5},
         "load": {"train_seconds": 6.0, "evaluate_seconds": 1.5, "pause_seconds": 0.5, "threads": 1},
-        "nets": {"baseline_against_itself": {"every_core": scattered, "one_thread": calm}},
+        "nets": {"baseline_against_itself": {"every_core": scattered, "one_thread": calm},
+                 "trial_19": {"every_core": calm, "one_thread": scattered}},
         "runtime": "cpu, fp32, contiguous", "machine": {"cpu": "AMD EPYC"}, "measured": "2026-12-06T05:30:00"}))
     block = regenerate(doc, tmp_path)
     row = next(line for line in block.splitlines() if line.startswith("| the hand-designed net against itself"))
@@ -414,3 +415,7 @@ def test_the_cost_noise_block_sets_each_timing_way_beside_the_quiet_reading(tmp_
     assert cells[2] == "0.800x to 1.300x, median 1.000x; 2 of 3 beyond 10%"
     assert cells[3] == "0.990x to 1.020x, median 1.010x; 0 of 3 beyond 10%"
     assert "Source: `bench/cost_noise.json`." in block
+    row = next(line for line in block.splitlines() if line.startswith("| a net of 3 blocks per stage"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert "widths 12/24/44 (trial 19 of the study `outputs/e5_search/search.json` held then)" in cells[0]
+    assert cells[1] == "1.500x" and cells[3] == "0.800x to 1.300x, median 1.000x; 2 of 3 beyond 10%"

@@ -341,11 +341,11 @@ def e5_cost_noise(root: Path) -> str:
     candidate = result["candidate"]
     shape = candidate["kwargs"]
     # by its shape: the study in the source file may have re-run since, its trial numbers another net's
-    names = {"baseline_against_itself": "the hand-designed net against itself",
-             f"trial_{candidate['trial']}_against_baseline":
-                 f"a net of {shape['blocks_per_stage']} blocks per stage, widths {'/'.join(map(str, shape['widths']))} "
-                 f"(trial {candidate['trial']} of the study `{result['source']}` held then), against it"}
-    rows = [(names[name], f"{result['quiet'][name]:.3f}x",
+    against_baseline = (f"a net of {shape['blocks_per_stage']} blocks per stage, widths "
+                        f"{'/'.join(map(str, shape['widths']))} (trial {candidate['trial']} of the study "
+                        f"`{result['source']}` held then), against it")
+    rows = [("the hand-designed net against itself" if name == "baseline_against_itself" else against_baseline,
+             f"{result['quiet'][name]:.3f}x",
              *(f"{spread['min']:.3f}x to {spread['max']:.3f}x, median {spread['median']:.3f}x; "
                f"{spread['beyond_timing_noise']} of {len(spread['readings'])} beyond {noise}"
                for spread in (by_way[way] for way in TIMING_WAYS)))
