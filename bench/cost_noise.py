@@ -28,15 +28,13 @@ from pathlib import Path
 import torch
 
 from scratch_project import ROOT
+from search_cost import baseline_for, committed_study
 
-from cnnlab.config import load_config
-from cnnlab.contract import StudyFiles
 from cnnlab.models import create_model
 from cnnlab.runtime import available_cores, machine, resolve_runtime
-from cnnlab.search import SEARCHED_FAMILY, baseline_model
+from cnnlab.search import SEARCHED_FAMILY
 from cnnlab.training_cost import TIMING_NOISE, relative_training_cost
 
-INPUT_KEYS = ("in_channels", "num_classes", "image_size")
 QUIET_REPEATS = 3
 # A search worker's rhythm, shortened: an epoch of training steps, its evaluation, the pause of
 # logging and starting the next trial.
@@ -88,17 +86,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "cost_noise.json")
     args = parser.parse_args()
-    config = load_config(ROOT / "params.yaml", [f"experiment={args.experiment}"])
-    baseline = baseline_model(config)
-    if baseline is None:
-        raise SystemExit(f"{args.experiment}'s model is {config.model.name}, not {SEARCHED_FAMILY}: no compute budget")
-    summary_path = ROOT / StudyFiles.of(config).search_summary
-    trials = {trial["number"]: trial for trial in json.loads(summary_path.read_text())["trials"]}
+    config, baseline, summary_path, summary = committed_study(args.experiment)
+    trials = {trial["number"]: trial for trial in summary["trials"]}
     if args.candidate_trial not in trials:
         raise SystemExit(f"{summary_path.relative_to(ROOT)} has no trial {args.candidate_trial}; "
                          f"--candidate-trial takes one of {min(trials)} to {max(trials)}")
     candidate = trials[args.candidate_trial]["model_kwargs"]
-    baseline_kwargs = {**{key: candidate[key] for key in INPUT_KEYS}, **baseline.kwargs}
+    baseline_kwargs = baseline_for(baseline, candidate)
     runtime = resolve_runtime(config.train.device, config.train.precision)
     nets = {"baseline_against_itself": baseline_kwargs, f"trial_{args.candidate_trial}_against_baseline": candidate}
 

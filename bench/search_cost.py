@@ -37,6 +37,22 @@ from cnnlab.training_cost import TIMING_NOISE, cost_ceiling, relative_training_c
 INPUT_KEYS = ("in_channels", "num_classes", "image_size")  # what the study's resolved kwargs add to the entry's
 
 
+def committed_study(experiment: str):
+    """The entry's config, its own model (the compute budget's baseline), and its committed study's
+    search.json with the path it came from; exits naming the problem when the entry has no budget."""
+    config = load_config(ROOT / "params.yaml", [f"experiment={experiment}"])
+    baseline = baseline_model(config)
+    if baseline is None:
+        raise SystemExit(f"{experiment}'s model is {config.model.name}, not {SEARCHED_FAMILY}: no compute budget")
+    summary_path = ROOT / StudyFiles.of(config).search_summary  # outputs_dir is relative to the project
+    return config, baseline, summary_path, json.loads(summary_path.read_text())
+
+
+def baseline_for(baseline, trial_kwargs: dict) -> dict:
+    """The baseline's resolved kwargs: its own, with a trial's input shape and classes (one dataset)."""
+    return {**{key: trial_kwargs[key] for key in INPUT_KEYS}, **baseline.kwargs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="e5_search")
@@ -45,18 +61,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "search_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a search worker's share of the 2 cores
-    config = load_config(ROOT / "params.yaml", [f"experiment={args.experiment}"])
-    baseline = baseline_model(config)
-    if baseline is None:
-        raise SystemExit(f"{args.experiment}'s model is {config.model.name}, not {SEARCHED_FAMILY}: no compute budget")
-    summary_path = ROOT / StudyFiles.of(config).search_summary  # outputs_dir is relative to the project
-    summary = json.loads(summary_path.read_text())
+    config, baseline, summary_path, summary = committed_study(args.experiment)
     winner = search_winner(summary)["number"]
     runtime = resolve_runtime(config.train.device, config.train.precision)
     load_before = os.getloadavg()[0]  # other work on the machine slows both nets of a pair alike
     complete = [trial for trial in summary["trials"] if trial["state"] == "COMPLETE"]
-    inputs = {key: complete[0]["model_kwargs"][key] for key in INPUT_KEYS}  # one dataset: every trial's alike
-    baseline_kwargs = {**inputs, **baseline.kwargs}
+    baseline_kwargs = baseline_for(baseline, complete[0]["model_kwargs"])
     self_costs = [relative_training_cost(SEARCHED_FAMILY, baseline_kwargs, baseline_kwargs, config.train.batch_size,
                                          runtime) for _ in range(args.self_repeats)]
     print(f"the baseline against itself: {min(self_costs):.3f}x to {max(self_costs):.3f}x", flush=True)

@@ -28,7 +28,8 @@ from .runtime import Runtime
 WARMUP_STEPS = 1  # the first step allocates and picks kernels: not timed
 # Per net; the ratio of the medians, so a few steps slowed by other work are outvoted. At 5 steps
 # the hand-designed net timed against itself alone on a shared 2-core VM (fp32, 1 s a step) read
-# beyond TIMING_NOISE once in 10; at 15 within it (bench/search_cost.json's self_costs).
+# beyond TIMING_NOISE once in 10 (bench/search_cost_5_steps.json, `make bench-search-cost` at 5);
+# at 15 within it (bench/search_cost.json's self_costs).
 TIMED_STEPS = 15
 # A net timed against itself reads a few percent either side of 1.0, more while other work runs
 # (bench/search_cost.json's self_costs, `make bench-search-cost`); the last study pruned a net of
