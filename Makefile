@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-e5-winners bench-search-cost bench-cost-noise faults clean-stores server
+.PHONY: demo test test-fast install browser bench bench-ddp bench-seeds bench-e5-epochs bench-e5-recipes bench-e5-winners bench-search-cost bench-cost-noise bench-dvc faults clean-stores server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,11 @@ bench-search-cost: install
 ## does, the current way and the way before it (minutes); writes bench/cost_noise.json.
 bench-cost-noise: install
 	$(BIN)/python bench/cost_noise.py --experiment e5_search --repeats 16 --out bench/cost_noise.json
+
+## bench-dvc: `dvc status` on this repository with ruamel.yaml's C parser against its pure-Python one
+## (DVC parses every dvc.yaml and dvc.lock each time it builds its index)
+bench-dvc: install
+	$(BIN)/python bench/dvc_yaml_parser.py --repeats 5 --out bench/dvc_yaml_parser.json
 
 ## faults: kill -9, byte flips and a bad value for every setting, drawn at random (seeded) in a
 ## scratch project; writes bench/faults.json (README, "When things go wrong")

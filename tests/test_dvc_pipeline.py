@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run
+from .conftest import PROJECT_ROOT, run
 
 E1 = "outputs/e1_mnist_simple_cnn"
 
@@ -51,3 +51,17 @@ def test_what_training_reads_retrains_through_dvc(project):
     augment.write_text(augment.read_text() + "\n# an edit\n")
     assert "src/cnnlab/augment.py" in run(["dvc", "status", "train"], repo, env)
     assert "Running stage 'train'" in run(["dvc", "repro", "evaluate"], repo, env)
+
+
+def test_dvc_parses_stage_files_with_ruamel_yaml_s_c_parser():
+    """DVC reads every dvc.yaml and dvc.lock with ``YAML(typ="safe")`` each time it builds its index;
+    without the optional ruamel.yaml.clib that parser is pure Python (bench/dvc_yaml_parser.json,
+    `make bench-dvc`): the install must bring it."""
+    from dvc.utils.serialize import parse_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.main import CParser
+
+    assert CParser is not None, "ruamel.yaml.clib is not installed: pyproject.toml pins it, `make install`"
+    assert YAML(typ="safe").Parser is CParser  # the parser dvc's parse_yaml builds
+    lock = (PROJECT_ROOT / "experiments" / "dvc.lock").read_text()
+    assert parse_yaml(lock, "experiments/dvc.lock") == YAML(typ="safe", pure=True).load(lock)

@@ -58,8 +58,11 @@ def test_a_candidate_slower_to_train_than_the_entry_s_own_model_is_pruned_before
     slow and none trains; beside a large one an 8-wide candidate trains. Each keeps its cost."""
     from cnnlab.search import write_summary
 
+    # Batches of 32: the compute budget times both nets at the trial's batch size, and the ratios
+    # here are far from 1 at any size (at params.yaml's 256, timing the large baseline took a minute).
     baseline = "model.kwargs={widths: [8, 8], convs_per_block: 1}"
-    slow = search_config("model.name=search_cnn", baseline, "search.space.widths=[64]")
+    small_batches = "search.space.batch_sizes=[32]"
+    slow = search_config("model.name=search_cnn", baseline, "search.space.widths=[64]", small_batches)
     run_search(slow, mnist_small)
     trials = trials_of(slow)
     assert [t.state.name for t in trials] == ["PRUNED"] * 2
@@ -68,7 +71,7 @@ def test_a_candidate_slower_to_train_than_the_entry_s_own_model_is_pruned_before
     assert not (tmp_path / "models").exists()  # nothing was trained or checkpointed
 
     fast = search_config("model.name=search_cnn", "model.kwargs={widths: [64, 128], convs_per_block: 3}",
-                         "search.n_trials=1")
+                         "search.n_trials=1", small_batches)
     study = run_search(fast, mnist_small)
     (trial,) = trials_of(fast)
     assert trial.state.name == "COMPLETE" and trial.user_attrs["relative_cost"] < 1
@@ -85,7 +88,8 @@ def test_a_raised_cost_cap_lets_a_slower_candidate_train(search_config, mnist_sm
     from cnnlab.search import write_summary
 
     config = search_config("model.name=search_cnn", "model.kwargs={widths: [8, 8], convs_per_block: 1}",
-                           "search.space.widths=[64]", "search.n_trials=1", "search.cost_cap=1000")
+                           "search.space.widths=[64]", "search.n_trials=1", "search.cost_cap=1000",
+                           "search.space.batch_sizes=[32]")  # the timing's steps cost little (see above)
     study = run_search(config, mnist_small)
     (trial,) = trials_of(config)
     assert trial.state.name == "COMPLETE" and 1 < trial.user_attrs["relative_cost"] <= 1000

@@ -68,11 +68,11 @@ def study_name(storage_url):
         optuna.delete_study(study_name=stored, storage=storage_url)
 
 
-def prepared(tmp_path, datasets_dir):
+def prepared(tmp_path, datasets_dir, val_fraction=SMALL_VAL_FRACTION):
     # outputs_dir too: the stage's timings.json must not land in the project's own outputs/
     args = [sys.executable, "-m", "cnnlab.cli", "prepare", "--params", str(PROJECT_ROOT / "params.yaml"),
             "-S", f"data.prepared_dir={tmp_path / 'prepared'}", "-S", f"data.datasets_dir={datasets_dir}",
-            "-S", f"outputs_dir={tmp_path / 'outputs'}", "-S", f"data.val_fraction={SMALL_VAL_FRACTION}"]
+            "-S", f"outputs_dir={tmp_path / 'outputs'}", "-S", f"data.val_fraction={val_fraction}"]
     subprocess.run(args, check=True, capture_output=True)
 
 
@@ -104,7 +104,8 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path,
 
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, datasets_dir, study_name):
-    prepared(tmp_path, datasets_dir)
+    # 300 val digits, not 1,500: both trials score them after each of their many epochs
+    prepared(tmp_path, datasets_dir, val_fraction=300 / 60_000)
     study = study_name
     storage = optuna.storages.RDBStorage(storage_url)
     # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on

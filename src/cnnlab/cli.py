@@ -210,16 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, RuntimeError, ValueError) as err:
             return error_exit(args, err)
         return 0
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
     from .distributed import launch_words, ranks_from_env, refuse_other_commands
-    from .export import ParityError
-    from .models import ModelError
     from .store_setup import create_store_for
-    from .train import TrainingDiverged
 
-    expected = (ConfigError, DatasetError, ModelError, CheckpointError, TrainingDiverged, ParityError,
-                FileNotFoundError, RuntimeError, ValueError)
+    # cnnlab's own errors derive from these (ConfigError, ModelError: ValueError; DatasetError,
+    # CheckpointError, TrainingDiverged, ParityError: RuntimeError), so no command imports their
+    # modules (torchvision, scikit-learn, onnx) only to name them
+    expected = (FileNotFoundError, RuntimeError, ValueError)
     try:
         with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
             refuse_other_commands(args.command, ranks_from_env())

@@ -19,11 +19,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .config import Config, ConfigError
 from .contract import ControlFiles, StudyFiles, file_paths, stage
-from .dvcgen import CATALOGUE_DVC, DEMO_DVC, MAIN_FILE
+from .dvcgen import CATALOGUE_DVC, DEMO_DVC, MAIN_FILE, read_dvc_file
 
 DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command it runs (dvc/stage/run.py)
 RUN_FIX = "give this run its own name with `-S run=<name>` (its outputs then go to outputs/<name>/, models/<name>/)"
@@ -60,7 +58,7 @@ def cached_outs(root: Path) -> tuple[CachedOut, ...]:
         path = root / dvc_file
         if not path.is_file():
             continue
-        for name, entry in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).items():
+        for name, entry in read_dvc_file(path).get("stages", {}).items():
             found += [CachedOut(out, dvc_file, name) for out, cached in stage_outs(path, entry) if cached]
     return tuple(found)
 

@@ -21,12 +21,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .config import ConfigError
 from .dvc_guard import stage_outs
 from .contract import RECORDED_PIPELINES
-from .dvcgen import PIPELINE_FILES
+from .dvcgen import PIPELINE_FILES, read_dvc_file
 
 # The pipeline files whose results are committed (demo/dvc.yaml's land in a DVC experiment, not in git).
 RECORDED_FILES = tuple(PIPELINE_FILES[pipeline] for pipeline in RECORDED_PIPELINES)
@@ -62,9 +60,9 @@ def declared_stages(root: Path) -> dict[str, Declared]:
     """Every stage of the recorded pipelines, by "file:name"."""
     stages = {}
     for dvc_file in pipelines(root):
-        spec = yaml.safe_load((root / dvc_file).read_text()).get("stages", {})
+        spec = read_dvc_file(root / dvc_file).get("stages", {})
         lock_file = (root / dvc_file).with_suffix(".lock")
-        lock = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.is_file() else {}
+        lock = read_dvc_file(lock_file).get("stages", {}) if lock_file.is_file() else {}
         for name, entry in spec.items():
             wdir = (root / dvc_file).parent / entry.get("wdir", ".")
 
