@@ -419,3 +419,22 @@ def test_the_cost_noise_block_sets_each_timing_way_beside_the_quiet_reading(tmp_
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert "widths 12/24/44 (trial 19 of the study `outputs/e5_search/search.json` held then)" in cells[0]
     assert cells[1] == "1.500x" and cells[3] == "0.800x to 1.300x, median 1.000x; 2 of 3 beyond 10%"
+
+
+def test_the_dvc_parser_block_names_the_largest_dvc_file_and_both_timings(tmp_path):
+    """bench/dvc_yaml_parser.json (`make bench-dvc`): the medians with and without the C parser,
+    their ratio, and which of the repository's DVC files is the one that makes parsing matter."""
+    doc = "<!-- results:dvc-parser -->\n<!-- /results:dvc-parser -->\n"
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/dvc_yaml_parser.json").write_text(json.dumps({
+        "command": "dvc status", "repeats": 3, "seconds": {"c": [9.0, 9.5, 9.2], "pure_python": [22.0, 23.0, 22.5]},
+        "median_seconds": {"c": 9.2, "pure_python": 22.5}, "pure_python_over_c": 2.45,
+        "dvc_files_bytes": {"dvc.yaml": 20_000, "experiments/dvc.lock": 683_719, "experiments/dvc.yaml": 242_392},
+        "versions": {"dvc": "3.67.1", "ruamel.yaml": "0.19.1", "ruamel.yaml.clib": "0.2.15"},
+        "machine": {"cpu": "AMD EPYC"}, "measured": "2026-12-06"}))
+    block = regenerate(doc, tmp_path)
+    assert "largest DVC file is `experiments/dvc.lock` (683,719 bytes)" in block
+    assert "**9.2 s** with ruamel.yaml's C parser, 22.5 s with its pure-Python one (2.45x)" in block
+    assert "medians of 3 runs each" in block and "on AMD EPYC; dvc 3.67.1" in block
+    assert "Source: `bench/dvc_yaml_parser.json`." in block
+

@@ -157,6 +157,18 @@ def ddp(root: Path) -> str:
         "bench/ddp_throughput.json")
 
 
+def dvc_parser(root: Path) -> str:
+    """bench/dvc_yaml_parser.json (`make bench-dvc`): DVC's index with ruamel.yaml's C parser and without."""
+    result = _load(root, "bench/dvc_yaml_parser.json")
+    medians, sizes = result["median_seconds"], result["dvc_files_bytes"]
+    largest = max(sizes, key=sizes.get)
+    return (f"`{result['command']}` on this repository, whose largest DVC file is `{largest}` ({sizes[largest]:,d} "
+            f"bytes): **{medians['c']:.1f} s** with ruamel.yaml's C parser, {medians['pure_python']:.1f} s with its "
+            f"pure-Python one ({result['pure_python_over_c']:.2f}x), medians of {result['repeats']} runs each, in "
+            f"turn, on {result['machine']['cpu']}; dvc {result['versions']['dvc']}, measured {result['measured']}. "
+            + _sources("bench/dvc_yaml_parser.json") + "\n")
+
+
 def e1_headline(root: Path) -> str:
     run = "outputs/e1_mnist_simple_cnn"
     seeds, evaluation = _load(root, f"{run}/seeds.json"), _load(root, f"{run}/eval.json")
@@ -641,7 +653,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "e1": e1, "e1-headline": e1_headline, "e1-fast": e1_fast, "e1-fast-headline": e1_fast_headline, "bench": bench, "bench-headline": bench_headline,
-    "ddp": ddp, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-cost-noise": e5_cost_noise, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e5-winners": e5_winners, "e8": e8, "faults": faults, "catalogue": catalogue,
+    "ddp": ddp, "dvc-parser": dvc_parser, "e5": e5, "e5-headline": e5_headline, "e5-comparison": e5_comparison, "e5-cost": e5_cost, "e5-cost-noise": e5_cost_noise, "e5-budget": e5_budget, "e5-recipes": e5_recipes, "e5-winners": e5_winners, "e8": e8, "faults": faults, "catalogue": catalogue,
 }
 
 

@@ -768,6 +768,9 @@ def dominates(a: list[float], b: list[float]) -> bool:
 
 
 IMPORTANCE_EVALUATOR = "PED-ANOVA on the negated validation accuracy (what leads to high accuracy)"
+# Optuna warns whenever PED-ANOVA is given a target, negated or not; the target here is negated
+# on purpose, and the warning's advice (negate it) would read as if the importances were wrong.
+PED_ANOVA_TARGET_WARNING = "PedAnovaImportanceEvaluator computes the importances of params to achieve low"
 
 
 def param_importances(study: optuna.Study) -> dict[str, float]:
@@ -779,8 +782,10 @@ def param_importances(study: optuna.Study) -> dict[str, float]:
     if len(complete) < 3:
         return {}
     try:
-        return dict(optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PED_ANOVA_TARGET_WARNING)
+            return dict(optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=lambda t: -t.values[0]))
     except (RuntimeError, ValueError) as err:  # e.g. every trial had the same parameters
         log.warning("parameter importances unavailable: %s", err)
         return {}
