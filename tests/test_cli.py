@@ -214,3 +214,25 @@ def test_the_cli_parses_and_dispatches_in_at_most_250_lines():
     source = (PROJECT_ROOT / "src" / "cnnlab" / "cli.py").read_text()
     assert len(source.splitlines()) <= 250
     assert "import torch" not in source  # it dispatches; the stages train
+
+
+def test_every_error_cnnlab_defines_is_reported_in_one_line():
+    """The CLI catches EXPECTED_ERRORS without importing the modules that define cnnlab's own
+    errors, so each of those must derive from one of them. Aside: interruptions (they end runs
+    KILLED, exit 130 or 143), warnings, and a search's OverBudget, which Optuna takes as a pruned
+    trial inside the study."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cnnlab
+    import optuna
+    from cnnlab.cli import EXPECTED_ERRORS
+
+    defined = [cls for info in pkgutil.walk_packages(cnnlab.__path__, "cnnlab.")
+               for cls in vars(importlib.import_module(info.name)).values()
+               if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == info.name]
+    assert len(defined) >= 15  # ConfigError, DatasetError, CheckpointError, ... found
+    aside = (KeyboardInterrupt, Warning, optuna.TrialPruned)
+    assert not [cls.__qualname__ for cls in defined if not issubclass(cls, (*EXPECTED_ERRORS, *aside))]
+

@@ -156,6 +156,10 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
 }
 # Commands that read no params.yaml and import no torch: they run anywhere, given their files.
 STANDALONE = ("predict",)
+# Reported in one line (exit 2), not a traceback. cnnlab's own errors (ConfigError, DatasetError,
+# CheckpointError, ...) derive from RuntimeError or ValueError (tests/test_cli.py checks every
+# one), so no command imports their modules (torchvision, scikit-learn, onnx) only to name them.
+EXPECTED_ERRORS = (FileNotFoundError, RuntimeError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,16 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in STANDALONE:
         try:
             COMMANDS[args.command][0](None, args)
-        except (FileNotFoundError, RuntimeError, ValueError) as err:
+        except EXPECTED_ERRORS as err:
             return error_exit(args, err)
         return 0
     from .distributed import launch_words, ranks_from_env, refuse_other_commands
     from .store_setup import create_store_for
 
-    # cnnlab's own errors derive from these (ConfigError, ModelError: ValueError; DatasetError,
-    # CheckpointError, TrainingDiverged, ParityError: RuntimeError), so no command imports their
-    # modules (torchvision, scikit-learn, onnx) only to name them
-    expected = (FileNotFoundError, RuntimeError, ValueError)
     try:
         with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
             refuse_other_commands(args.command, ranks_from_env())
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(interrupted_line(args.command, args.params, args.overrides, err, launcher), file=sys.stderr,
               flush=True)
         return exit_code(err)
-    except expected as err:
+    except EXPECTED_ERRORS as err:
         return error_exit(args, err)
     return 0
 
