@@ -23,7 +23,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from cnnlab.dvcgen import CATALOGUE_DVC, DEMO_DVC, MAIN_FILE
+from cnnlab.dvcgen import PIPELINE_FILES
 from cnnlab.runtime import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def main() -> None:
         "median_seconds": medians,
         "pure_python_over_c": round(medians["pure_python"] / medians["c"], 2),
         "dvc_files_bytes": {name: (ROOT / name).stat().st_size
-                            for stage_file in (MAIN_FILE, CATALOGUE_DVC, DEMO_DVC)
+                            for stage_file in PIPELINE_FILES.values()
                             for name in (stage_file, str(Path(stage_file).with_suffix(".lock")))
                             if (ROOT / name).is_file()},
         "versions": {package: version(package) for package in ("dvc", "ruamel.yaml", "ruamel.yaml.clib")},
