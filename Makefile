@@ -27,7 +27,7 @@ demo: install
 	@test -d .git || (git init -q && git add -A && git commit -qm "cnnlab")
 	dvc exp run --temp demo/dvc.yaml
 	@dvc exp show --no-pager --md --drop '.*' --keep '$(DEMO_METRICS)'
-	@echo "Next: mlflow ui   (http://127.0.0.1:5000, the runs in ./mlflow.db)   |   dvc repro (full MNIST, E1)"
+	@echo "Next: mlflow ui   (http://127.0.0.1:5000, the runs in ./mlflow.db)   |   export CNNLAB_DATASETS=../shared/datasets; dvc repro (full MNIST, E1)"
 
 ## browser: headless Chromium from Debian's packages for tests/test_mlflow_ui.py; says why when it
 ## cannot install it (that test then skips, naming this target)

@@ -11,9 +11,10 @@
 
 It parses and dispatches; the stages (cnnlab.stages) do the work. Every command but ``predict`` reads
 ``params.yaml`` (``--params``) with its catalogue entry merged in and takes ``-S key=value`` as ``dvc exp
-run -S`` does; outside DVC it refuses to write what a dvc.yaml stage caches (cnnlab.dvc_guard), and it
-creates the MLflow store a stage logs to before the stage runs (cnnlab.store_setup). Ctrl-C or SIGTERM:
-runs end KILLED, one line, exit 130 or 143 (cnnlab.lifecycle). ``--verbose``: other libraries' INFO lines.
+run -S`` does; outside DVC it refuses to write what a dvc.yaml stage caches (cnnlab.dvc_guard); it refuses
+prepared data other than the run records (cnnlab.prepared_guard); it creates the MLflow store a stage logs
+to before the stage runs (cnnlab.store_setup). Ctrl-C or SIGTERM: runs end KILLED, one line, exit 130 or
+143 (cnnlab.lifecycle). ``--verbose``: other libraries' INFO lines.
 ``torchrun --standalone --nproc_per_node=N -m cnnlab.cli train ...``: N processes (cnnlab.distributed).
 """
 
@@ -34,6 +35,7 @@ from .contract import PIPELINE, STAGES, SWEEPS, file_path, stage
 from .dvc_guard import refuse_uncached_writes
 from .files import record_stage_time
 from .lifecycle import exit_code, interrupted_line, signals_as_interrupts
+from .prepared_guard import refuse_mismatched_prepared
 
 
 def run_stage(name: str) -> Callable[[Config, Any], Any]:
@@ -222,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             refuse_other_commands(args.command, ranks_from_env())
             config = load_config(args.params, args.overrides)
             refuse_uncached_writes(stages_of(args.command), config, args.params)  # DVC's files: DVC writes them
+            refuse_mismatched_prepared(stages_of(args.command), config, args.params)  # the data the run records
             create_store_for(stages_of(args.command), config.tracking.uri)  # once, before any worker opens it
             COMMANDS[args.command][0](config, args)
     except KeyboardInterrupt as err:
