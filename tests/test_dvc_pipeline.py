@@ -1,8 +1,9 @@
 """`dvc repro` and `dvc exp run -S ...` in a fresh copy of the project, on tiny MNIST: whatever
 training reads, changed through DVC, retrains and changes the recorded metrics; so does an
-edit of code training runs."""
+edit of code training runs; a setting that moves the pipeline's outputs stops the experiment."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_what_training_reads_retrains_through_dvc(project):
     # A progress bar is no param: turning it off retrains nothing.
     out = run(["dvc", "exp", "run", "evaluate", "-n", "quiet", "-S", "train.progress=true"], repo, env)
     assert "Running stage 'train'" not in out
+
+    # Settings the pipeline's shape is generated from: DVC re-runs its root stage, and cnnlab stops
+    # the experiment there instead of recording E1's results as another entry's (cnnlab.stage_guard).
+    for override, says in (("experiment=e4_base", "e4_base runs from experiments/dvc.yaml"),
+                           ("outputs_dir=elsewhere", "(stage `train`: its outs, metrics, plots differ)")):
+        failed = subprocess.run(["dvc", "exp", "run", "evaluate", "-n", "moved", "-S", override], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert failed.returncode != 0 and says in failed.stdout + failed.stderr, failed.stdout + failed.stderr
+        assert "Running stage 'train'" not in failed.stdout
+        run(["git", "checkout", "params.yaml"], repo, env)  # a failed `dvc exp run` leaves its -S in place
+    show = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
+    assert "moved" not in {exp.get("name") for entry in show for exp in entry.get("experiments") or []}
 
     # Code that training runs is a dependency: an edit re-runs train.
     augment = repo / "src" / "cnnlab" / "augment.py"

@@ -48,7 +48,8 @@ def test_a_split_other_than_the_prepared_one_is_refused_before_anything_is_writt
     before = sorted(p for p in project.rglob("*"))
     assert main(command(project, "train", override)) == 2
     err = capsys.readouterr().err
-    assert f"cnnlab train: error: data/prepared/mnist.pt was prepared with {recorded} (this run asks for {asked})" in err
+    refused = f"cnnlab train: error: data/prepared/mnist.pt was prepared with {recorded} (this run asks for {asked})"
+    assert refused in err
     assert "`-S data.prepared_dir=<folder>`" in err and "dvc exp run -S" in err
     assert sorted(p for p in project.rglob("*")) == before  # no checkpoint, no outputs, no MLflow store
 

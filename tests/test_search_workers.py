@@ -42,7 +42,7 @@ def worker(tmp_path: Path, study: str, storage: str, tracking_uri: str, n_trials
         f"search.storage={storage}", f"search.n_trials={n_trials}", "search.trial_epochs=1",
         "search.trial_train_subset=600", "search.space.stages=[2, 2]", "search.space.widths=[8, 16]",
         "search.space.convs_per_block=[1, 1]", "search.space.blocks_per_stage=[1, 1]", "search.space.optimizers=[adam]",
-        "train.threads=1", "search.pruner=none", "search.enqueue=[]", *extra,
+        "train.threads=1", "search.pruner=none", "search.enqueue=[]", f"data.val_fraction={SMALL_VAL_FRACTION}", *extra,
     ]
     args = [sys.executable, "-m", "cnnlab.cli", "search", "--params", str(PROJECT_ROOT / "params.yaml")]
     for item in overrides:
@@ -105,7 +105,8 @@ def test_two_workers_share_one_study_without_lost_or_duplicated_trials(tmp_path,
 @pytest.mark.slow
 def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, datasets_dir, study_name):
     # 300 val digits, not 1,500: both trials score them after each of their many epochs
-    prepared(tmp_path, datasets_dir, val_fraction=300 / 60_000)
+    small_val = 300 / 60_000
+    prepared(tmp_path, datasets_dir, val_fraction=small_val)
     study = study_name
     storage = optuna.storages.RDBStorage(storage_url)
     # Its one trial must outlast the 2 s before the kill: with 3 epochs of this tiny net on
@@ -113,7 +114,7 @@ def test_a_killed_workers_trial_is_retried(tmp_path, storage_url, tracking_uri, 
     # 600 at 0.1 s an epoch (bf16 on an Intel Xeon with AMX), so 100. The rescuer runs the same
     # study, so with the same settings (else it would start its own), and trains the retried trial
     # in full.
-    settings = ("search.heartbeat_seconds=1", "search.trial_epochs=100")
+    settings = ("search.heartbeat_seconds=1", "search.trial_epochs=100", f"data.val_fraction={small_val}")
     victim = worker(tmp_path, study, storage_url, tracking_uri, 1, datasets_dir, *settings)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until its trial is running, then kill it mid-trial

@@ -160,7 +160,7 @@ def test_pipeline_and_a_two_machine_search_share_one_server(server, databases, p
               "search.n_trials=4", "search.trial_epochs=1", "search.trial_train_subset=300",
               "search.space.stages=[2, 2]", "search.space.widths=[8, 16]", "search.space.convs_per_block=[1, 1]",
               "search.space.blocks_per_stage=[1, 1]", "search.space.optimizers=[adam]", "search.pruner=none",
-              "search.enqueue=[]"]
+              "search.enqueue=[]", f"data.val_fraction={SMALL_VAL_FRACTION}"]  # the split prepared_file holds
     # Three "machines" at once: the pipeline with its model logged and registered, and two
     # search workers on one study, started together (neither waits for the other's parent run).
     processes = [start(working_copy(tmp_path, "pipeline", None), "pipeline", uri,

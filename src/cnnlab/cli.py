@@ -11,10 +11,10 @@
 
 It parses and dispatches; the stages (cnnlab.stages) do the work. Every command but ``predict`` reads
 ``params.yaml`` (``--params``) with its catalogue entry merged in and takes ``-S key=value`` as ``dvc exp
-run -S`` does; outside DVC it refuses to write what a dvc.yaml stage caches (cnnlab.dvc_guard); it refuses
-prepared data other than the run records (cnnlab.prepared_guard); it creates the MLflow store a stage logs
-to before the stage runs (cnnlab.store_setup). Ctrl-C or SIGTERM: runs end KILLED, one line, exit 130 or
-143 (cnnlab.lifecycle). ``--verbose``: other libraries' INFO lines.
+run -S`` does. Before a stage writes, it refuses a dvc.yaml the settings no longer generate (under DVC:
+cnnlab.stage_guard), a write of what DVC caches (outside DVC: cnnlab.dvc_guard), and prepared data other
+than the run records (cnnlab.prepared_guard); it creates the MLflow store (cnnlab.store_setup). Ctrl-C or
+SIGTERM: runs end KILLED, one line, exit 130 or 143 (cnnlab.lifecycle). ``--verbose``: more libraries' INFO.
 ``torchrun --standalone --nproc_per_node=N -m cnnlab.cli train ...``: N processes (cnnlab.distributed).
 """
 
@@ -36,6 +36,7 @@ from .dvc_guard import refuse_uncached_writes
 from .files import record_stage_time
 from .lifecycle import exit_code, interrupted_line, signals_as_interrupts
 from .prepared_guard import refuse_mismatched_prepared
+from .stage_guard import refuse_stale_pipeline
 
 
 def run_stage(name: str) -> Callable[[Config, Any], Any]:
@@ -158,9 +159,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, Any], Any], str]] = {
 }
 # Commands that read no params.yaml and import no torch: they run anywhere, given their files.
 STANDALONE = ("predict",)
-# Reported in one line (exit 2), not a traceback. cnnlab's own errors (ConfigError, DatasetError,
-# CheckpointError, ...) derive from RuntimeError or ValueError (tests/test_cli.py checks every
-# one), so no command imports their modules (torchvision, scikit-learn, onnx) only to name them.
+# Reported in one line (exit 2), not a traceback. cnnlab's own errors derive from RuntimeError or ValueError
+# (tests/test_cli.py checks each), so no command imports their modules (torchvision, onnx) only to name them.
 EXPECTED_ERRORS = (FileNotFoundError, RuntimeError, ValueError)
 
 
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         with signals_as_interrupts():  # SIGTERM ends runs KILLED, as Ctrl-C does
             refuse_other_commands(args.command, ranks_from_env())
             config = load_config(args.params, args.overrides)
-            refuse_uncached_writes(stages_of(args.command), config, args.params)  # DVC's files: DVC writes them
-            refuse_mismatched_prepared(stages_of(args.command), config, args.params)  # the data the run records
+            for refuse in (refuse_stale_pipeline, refuse_uncached_writes, refuse_mismatched_prepared):
+                refuse(stages_of(args.command), config, args.params)  # before anything is written
             create_store_for(stages_of(args.command), config.tracking.uri)  # once, before any worker opens it
             COMMANDS[args.command][0](config, args)
     except KeyboardInterrupt as err:

@@ -24,6 +24,12 @@ CATALOGUE_DVC = "experiments/dvc.yaml"
 DEMO_DVC = "demo/dvc.yaml"
 # catalogue.yaml's `pipeline:` names -> the file generated for each
 PIPELINE_FILES = {"main": MAIN_FILE, "catalogue": CATALOGUE_DVC, "demo": DEMO_DVC}
+# The settings each dvc.yaml's shape is generated from rather than a result: which entry the main
+# pipeline runs, and the folders every output goes to. Each pipeline's root stage (prepare, upstream
+# of every other) declares them, so that `dvc exp run -S experiment=...` re-runs something instead
+# of recording the old results as the new experiment's; cnnlab then refuses to run a stage of a
+# dvc.yaml those settings no longer generate (cnnlab.stage_guard).
+LAYOUT_KEYS = ("experiment", "models_dir", "outputs_dir")
 # Reference groups whose members get a separability figure (E8 compares policies on one map).
 SEPARABILITY_GROUPS = ("e8",)
 # libyaml's parser where PyYAML has it: the catalogue's dvc.lock pins 150 stages' code files, and
@@ -58,7 +64,7 @@ def stage_entry(spec: Stage, config: Config, catalogue: Catalogue, cmd: str, wdi
     entry["cmd"] = cmd
     files = inputs if inputs is not None else [str(p) for name in spec.inputs for p in file_paths(config, name)]
     entry["deps"] = list(dict.fromkeys([*files, *extra_deps, *spec.code()]))
-    params: list[Any] = list(spec.params())
+    params: list[Any] = list(spec.params()) + (list(LAYOUT_KEYS) if spec.name == "prepare" else [])
     entry_keys = catalogue_params(catalogue, config.experiment, spec)
     if entry_keys:
         params.append({CATALOGUE_FILE: entry_keys})
@@ -99,8 +105,13 @@ def file_deps(config: Config) -> list[str]:
 def main_pipeline(params: Path) -> dict[str, Any]:
     config = load_config(params)
     catalogue = catalogue_for(params)
-    if catalogue.pipeline(config.experiment) != "main":
-        raise ConfigError(f"params.yaml's experiment {config.experiment} must have `pipeline: main` in {catalogue.path}")
+    pipeline = catalogue.pipeline(config.experiment)
+    if pipeline != "main":
+        runs = {"catalogue": f"; {config.experiment} runs from {CATALOGUE_DVC}: "
+                             f"`dvc exp run {CATALOGUE_DVC}:{CATALOGUE_RUN[-1]}-{config.experiment}`",
+                "demo": f"; {config.experiment} runs from {DEMO_DVC}: `dvc exp run {DEMO_DVC}`"}
+        raise ConfigError(f"params.yaml's experiment {config.experiment} must have `pipeline: main` in "
+                          f"{catalogue.path}: dvc.yaml runs that entry alone{runs.get(pipeline, '')}")
     return {"stages": {name: stage_entry(STAGES[name], config, catalogue, f"cnnlab {name}", None,
                                          file_deps(config) if name == "train" else [])
                        for name in PIPELINE}}
@@ -176,11 +187,18 @@ def render(tree: dict[str, Any], header: str) -> str:
     return header + yaml.safe_dump(tree, sort_keys=False, width=120)
 
 
+GENERATORS = {MAIN_FILE: (main_pipeline, MAIN_HEADER), CATALOGUE_DVC: (catalogue_pipeline, CATALOGUE_HEADER),
+              DEMO_DVC: (demo_pipeline, DEMO_HEADER)}
+
+
+def generated_file(root: Path, dvc_file: str) -> str:
+    """The text of one dvc.yaml (``dvc_file``, relative to ``root``) for the settings under ``root``."""
+    pipeline, header = GENERATORS[dvc_file]
+    return render(pipeline(root / "params.yaml"), header)
+
+
 def generated(root: Path) -> dict[Path, str]:
-    params = root / "params.yaml"
-    return {root / MAIN_FILE: render(main_pipeline(params), MAIN_HEADER),
-            root / CATALOGUE_DVC: render(catalogue_pipeline(params), CATALOGUE_HEADER),
-            root / DEMO_DVC: render(demo_pipeline(params), DEMO_HEADER)}
+    return {root / dvc_file: generated_file(root, dvc_file) for dvc_file in GENERATORS}
 
 
 def write_dvc_files(root: Path, check: bool = False) -> list[Path]:
