@@ -185,6 +185,18 @@ def run(cmd, cwd, env, timeout=900) -> str:
     return result.stdout + result.stderr
 
 
+SETTINGS_FILES = ("params.yaml", "catalogue.yaml", "dvc.yaml", "experiments/dvc.yaml", "demo/dvc.yaml")
+
+
+def settings_copy(root: Path, monkeypatch) -> Path:
+    """The project's settings and dvc.yaml files, as committed, in ``root``, the working directory."""
+    for name in SETTINGS_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    monkeypatch.chdir(root)
+    return root
+
+
 def dvc_project_copy(repo: Path, tracking_uri: str, experiment: str, **sections: dict) -> dict[str, str]:
     """A git + DVC copy of the project at ``repo`` (its dvc.yaml, catalogue, committed .dvc/config
     and code; one commit) whose params.yaml trains E1 for one epoch on 2,000 of the 5,000 real

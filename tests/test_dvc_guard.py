@@ -2,7 +2,6 @@
 caches, before it does anything; under DVC, or as a run of its own name, it writes."""
 
 import hashlib
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,9 +13,8 @@ from cnnlab.config import ConfigError, load_config, split_overrides
 from cnnlab.contract import PIPELINE
 from cnnlab.dvc_guard import refuse_uncached_writes
 
-from .conftest import PROJECT_ROOT, run
+from .conftest import PROJECT_ROOT, run, settings_copy
 
-PROJECT_FILES = ("params.yaml", "catalogue.yaml", "dvc.yaml", "experiments/dvc.yaml", "demo/dvc.yaml")
 RUN_FIX = "give this run its own name with `-S run=<name>`"
 
 
@@ -24,10 +22,7 @@ RUN_FIX = "give this run its own name with `-S run=<name>`"
 def copy(tmp_path, monkeypatch):
     """The project's params, catalogue and dvc.yaml files in a folder that is the working
     directory, run outside DVC, with no datasets directory (MNIST is the embedded digits)."""
-    for name in PROJECT_FILES:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
+    settings_copy(tmp_path, monkeypatch)
     monkeypatch.delenv("DVC_STAGE", raising=False)
     monkeypatch.delenv("CNNLAB_DATASETS", raising=False)
     return tmp_path

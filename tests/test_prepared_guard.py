@@ -2,17 +2,13 @@
 split settings, or the embedded digits in place of MNIST once a datasets directory is set,
 before it writes anything or opens the MLflow store; under DVC too."""
 
-import shutil
-
 import pytest
 
 from cnnlab.cli import main, stages_of
 from cnnlab.config import ConfigError, load_config
 from cnnlab.prepared_guard import prepared_provenance, refuse_mismatched_prepared
 
-from .conftest import PROJECT_ROOT
-
-PROJECT_FILES = ("params.yaml", "catalogue.yaml", "dvc.yaml", "experiments/dvc.yaml", "demo/dvc.yaml")
+from .conftest import settings_copy
 
 
 @pytest.fixture
@@ -20,10 +16,7 @@ def project(tmp_path, monkeypatch):
     """The project's params, catalogue and dvc.yaml files in the working directory, MNIST prepared
     where dvc.yaml's `prepare` writes it (as DVC runs it) with no datasets directory: the embedded
     digits. The store a run would open is under tmp_path."""
-    for name in PROJECT_FILES:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
+    settings_copy(tmp_path, monkeypatch)
     monkeypatch.delenv("CNNLAB_DATASETS", raising=False)
     monkeypatch.setenv("DVC_STAGE", "prepare")
     assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "-S", "data.download=false"]) == 0

@@ -1,8 +1,6 @@
 """Under DVC, a stage of a dvc.yaml that the settings no longer generate is refused before it
 runs: DVC would otherwise record the old declarations' results as the new experiment's."""
 
-import shutil
-
 import pytest
 import yaml
 
@@ -12,19 +10,13 @@ from cnnlab.config import ConfigError, load_config
 from cnnlab.dvcgen import LAYOUT_KEYS, read_dvc_file
 from cnnlab.stage_guard import VERIFIED_DIR, refuse_stale_pipeline
 
-from .conftest import PROJECT_ROOT
-
-PROJECT_FILES = ("params.yaml", "catalogue.yaml", "dvc.yaml", "experiments/dvc.yaml", "demo/dvc.yaml")
+from .conftest import PROJECT_ROOT, settings_copy
 
 
 @pytest.fixture
 def copy(tmp_path, monkeypatch):
     """The project's settings and dvc.yaml files, as committed, in the working directory."""
-    for name in PROJECT_FILES:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+    return settings_copy(tmp_path, monkeypatch)
 
 
 def set_params(path, **top_level) -> None:
